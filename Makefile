@@ -1,0 +1,40 @@
+# Quick start: `make demo`, then `make test`. Both create .venv from this project's
+# own files on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= test,dask,bench
+
+.PHONY: venv test test-fast demo bench bench-quick proto clean
+
+$(STAMP): pyproject.toml constraints.txt scripts/install-env
+	PYTHON=$(PYTHON) EXTRAS=$(EXTRAS) scripts/install-env $(VENV)
+	@touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything but the slow end-to-end cases, for a quick loop while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
+# Regenerate the gRPC code committed under proto/ (tests fail when it is stale).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto proto/psi_proto/v1/matcher.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

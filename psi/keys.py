@@ -1,0 +1,140 @@
+"""Secret exponents and batched X25519.
+
+``E(k, u) = X25519(k, u)``. Clamping makes every scalar a multiple of the cofactor, so
+exponentiations commute: ``E(a, E(b, u)) == E(b, E(a, u))``. A key lives only in memory:
+it cannot be pickled or printed, and it reaches pool workers only as an argument of the
+task that uses it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from .errors import InvalidPointError
+from .parallel import Executor, get_executor, imap
+from .points import as_points, canonical_mask, off_curve_count
+
+__all__ = ["CHUNK", "Key"]
+
+CHUNK = 2048  # points per task: ~55 ms of X25519, far above the cost of shipping 64 KiB
+
+
+def _apply_chunk(scalar: bytes, points: np.ndarray, check: bool):
+    """One task: returns ``(result, malformed, off_curve, low_order)``.
+
+    With ``check``, nothing is exponentiated unless the whole chunk is canonical and on
+    the curve, so a hostile chunk costs a Jacobi symbol per point, not an X25519.
+    """
+    if check:
+        malformed = int(len(points) - np.count_nonzero(canonical_mask(points)))
+        if malformed:
+            return None, malformed, 0, 0
+        off_curve = off_curve_count(points)
+        if off_curve:
+            return None, 0, off_curve, 0
+    exchange = X25519PrivateKey.from_private_bytes(scalar).exchange
+    load = X25519PublicKey.from_public_bytes
+    raw = points.tobytes()
+    out = bytearray(len(raw))
+    low_order = 0
+    for i in range(0, len(raw), 32):
+        try:
+            out[i : i + 32] = exchange(load(raw[i : i + 32]))
+        except ValueError:  # all-zero shared secret: a low-order input (RFC 7748 6.1)
+            low_order += 1
+    if low_order:
+        return None, 0, 0, low_order
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32), 0, 0, 0
+
+
+class Key:
+    """A clamped X25519 scalar used as a commutative blinding exponent."""
+
+    __slots__ = ("_scalar",)
+
+    def __init__(self, scalar: bytes, _token: object = None) -> None:
+        if _token is not _FACTORY:
+            raise TypeError("use Key.generate() or Key.from_bytes()")
+        self._scalar = scalar
+
+    @classmethod
+    def generate(cls) -> Key:
+        """A fresh key from the operating system's random source."""
+        return cls(secrets.token_bytes(32), _FACTORY)
+
+    @classmethod
+    def from_bytes(cls, scalar: bytes) -> Key:
+        """A key from 32 given bytes.
+
+        Reusing one key across sessions lets the other party link identical items between
+        those sessions; prefer ``generate()`` unless that trade is intended.
+        """
+        if not isinstance(scalar, (bytes, bytearray)) or len(scalar) != 32:
+            raise ValueError("a key is exactly 32 bytes")
+        return cls(bytes(scalar), _FACTORY)
+
+    def __repr__(self) -> str:
+        return "Key(<secret>)"
+
+    def __reduce__(self):
+        raise TypeError("keys stay in memory: they cannot be pickled or persisted")
+
+    def _tasks(self, chunks: Iterable[np.ndarray], check: bool):
+        for chunk in chunks:
+            yield (self._scalar, chunk, check)
+
+    def apply_chunks(
+        self,
+        chunks: Iterable,
+        workers: int | None = None,
+        *,
+        executor: Executor | None = None,
+        check: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """Exponentiate a stream of chunks, yielding results in order as they finish.
+
+        Chunks are consumed lazily, so a caller can feed chunks as they arrive from the
+        network. Raises ``InvalidPointError`` for the first chunk with a bad point.
+        """
+        pool = executor if executor is not None else get_executor(workers)
+        arrays = (as_points(c) for c in chunks)
+        for out, malformed, off_curve, low_order in imap(
+            pool, _apply_chunk, self._tasks(arrays, check)
+        ):
+            if out is None:
+                raise InvalidPointError(malformed, off_curve, low_order)
+            yield out
+
+    def apply(
+        self,
+        points,
+        workers: int | None = None,
+        *,
+        executor: Executor | None = None,
+        check: bool = True,
+    ) -> np.ndarray:
+        """``E(k, u)`` for every row of an ``(N, 32)`` uint8 array, across all workers.
+
+        ``check=False`` skips the canonical and on-curve checks; use it only for points
+        this process produced itself (hash to curve output). All-zero results are always
+        rejected. The result is identical whatever the number of workers.
+        """
+        arr = as_points(points)
+        pool = executor if executor is not None else get_executor(workers)
+        if pool.workers == 1 or len(arr) <= CHUNK:
+            chunk_size = max(len(arr), 1)
+        else:
+            # at least two chunks per worker so the pool stays busy to the end
+            chunk_size = min(CHUNK, -(-len(arr) // (2 * pool.workers)))
+        chunks = (arr[i : i + chunk_size] for i in range(0, len(arr), chunk_size))
+        parts = list(self.apply_chunks(chunks, executor=pool, check=check))
+        if not parts:
+            return np.empty((0, 32), dtype=np.uint8)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+_FACTORY = object()

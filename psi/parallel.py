@@ -1,0 +1,123 @@
+"""Where bulk work runs: inline, a local process pool, or (optionally) a Dask cluster.
+
+Every bulk step of the protocol is a pure function over one numpy chunk, so an executor
+only needs ``submit(fn, *args) -> future`` and ``workers``. ``imap`` streams chunks
+through an executor in order with a bounded number in flight, which is what lets a
+caller overlap a download with the work on what has already arrived.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Protocol
+
+__all__ = [
+    "Executor",
+    "InlineExecutor",
+    "ProcessExecutor",
+    "cpu_count",
+    "get_executor",
+    "imap",
+]
+
+
+class Executor(Protocol):
+    """Anything with ``submit`` returning an object with ``result()``."""
+
+    workers: int
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class InlineExecutor:
+    """Runs each task in the calling thread when submitted: one worker, no copies."""
+
+    workers = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # delivered through result(), like a pool
+            future.set_exception(exc)
+        return future
+
+
+class ProcessExecutor:
+    """A local process pool.
+
+    Workers are started with ``forkserver``, never ``fork``: the server process runs gRPC
+    threads, and forking a threaded process can deadlock the child.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or cpu_count()
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_pools: dict[int, ProcessExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def get_executor(workers: int | None = None) -> InlineExecutor | ProcessExecutor:
+    """Shared executor for ``workers`` processes (all cores when None; inline for 1)."""
+    count = workers if workers is not None else cpu_count()
+    if count < 1:
+        raise ValueError(f"workers must be at least 1, got {count}")
+    if count == 1:
+        return InlineExecutor()
+    with _pools_lock:
+        pool = _pools.get(count)
+        if pool is None:
+            pool = _pools[count] = ProcessExecutor(count)
+        return pool
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.shutdown()
+        _pools.clear()
+
+
+def imap(
+    executor: Executor,
+    fn: Callable[..., Any],
+    args: Iterable[tuple],
+    in_flight: int | None = None,
+) -> Iterator[Any]:
+    """Ordered, lazily consumed ``map`` with at most ``in_flight`` tasks outstanding."""
+    limit = in_flight or 2 * max(1, executor.workers)
+    pending: deque = deque()
+    try:
+        for item in args:
+            pending.append(executor.submit(fn, *item))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
