@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TRUNCATED", "count_intersection", "is_strictly_sorted", "sort_rows", "truncate"]
+__all__ = [
+    "TRUNCATED",
+    "RowIndex",
+    "count_intersection",
+    "is_strictly_sorted",
+    "sort_rows",
+    "truncate",
+]
 
 TRUNCATED = 16  # bytes kept of each doubly blinded point
 
@@ -110,3 +117,32 @@ def count_intersection(a, b) -> int:
         if (group == small[i, 1:]).all(axis=1).any():
             count += 1
     return count
+
+
+class RowIndex:
+    """A fixed set of rows, indexed once, to count members in a stream of distinct rows.
+
+    Lets a server count against a returned set it never holds whole: memory stays at
+    the size of this set, whatever the length of the stream.
+    """
+
+    def __init__(self, rows) -> None:
+        words = _unique_rows(_native_words(rows))
+        self.size = len(words)
+        self._first = np.ascontiguousarray(words[:, 0])
+        self._rest = np.ascontiguousarray(words[:, 1:])
+
+    def count(self, rows) -> int:
+        """How many of ``rows`` are in the set (``rows`` must be distinct)."""
+        words = _native_words(rows)
+        if not len(words) or not self.size:
+            return 0
+        lo = np.searchsorted(self._first, words[:, 0], side="left")
+        hi = np.searchsorted(self._first, words[:, 0], side="right")
+        span = hi - lo
+        single = span == 1
+        hits = int(np.count_nonzero((self._rest[lo[single]] == words[single, 1:]).all(axis=1)))
+        for i in np.flatnonzero(span > 1):
+            if (self._rest[lo[i] : hi[i]] == words[i, 1:]).all(axis=1).any():
+                hits += 1
+        return hits

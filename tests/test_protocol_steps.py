@@ -68,7 +68,18 @@ def test_outputs_are_shuffled_not_input_order():
     assert sorted(map(bytes, server.build_table(key, h))) == sorted(map(bytes, straight))
 
 
-def test_distinct_count():
-    rows = np.array([[1] * 16, [2] * 16, [1] * 16], dtype=np.uint8)
-    assert server.distinct_count(rows) == 2
-    assert server.distinct_count(rows[:0]) == 0
+def test_counter_streams_and_counts_client_items_once():
+    a, b = Key.generate(), Key.generate()
+    table = server.build_table(b, hashed_emails(range(300)))
+    sent = client.blind(a, hashed_emails(range(250, 400)))
+    blinded = server.blind_client_set(b, np.vstack([sent, sent[:20]]))  # 20 repeats
+    returned = client.double_blind_table(a, [table])
+    counter = server.ReturnedSetCounter(blinded, len(table))
+    assert counter.distinct_client_items == 150
+    for i in range(0, len(returned), 7):
+        counter.add(returned[i : i + 7])
+    assert counter.finish() == 50
+    restart = server.ReturnedSetCounter(blinded, len(table))
+    restart.add(returned[10:20])
+    with pytest.raises(ProtocolError, match="strictly sorted"):
+        restart.add(returned[5:9])  # goes backwards across a chunk boundary
