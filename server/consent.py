@@ -1,0 +1,417 @@
+"""Consent registry operations: bulk import, single grants and revocations, and the
+query that turns the ``matchable`` view into table entries.
+
+An import is staged first and applied in one transaction at the end: a file whose last
+line revokes a consent granted on its first line must never be half applied, and a
+failure (bad disk, killed process) leaves the registry exactly as it was. Hashed points
+are cached as they are computed; they say nothing about consent, and caching them makes
+a re-run after a failure cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import deque
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from psi import hash_to_curve
+from psi.errors import InvalidIdentifierError
+from psi.identifiers import ID_TYPES, encode_identifier
+from psi.parallel import Executor, get_executor, imap
+
+from .store import transaction
+
+__all__ = [
+    "COLUMNS",
+    "ImportFileError",
+    "ImportReport",
+    "import_file",
+    "record_consent",
+    "table_points",
+]
+
+COLUMNS = ("user_id", "id_type", "identifier", "purpose", "consent", "updated_at")
+PURPOSES = ("account", "security", "advertising")
+STATES = ("granted", "revoked")
+MAX_USER_ID = 128
+MAX_FIELD = 1024
+BATCH = 8192
+MAX_REPORTED_ERRORS = 1000
+_SQL_VARS = 900
+
+
+class ImportFileError(Exception):
+    """The file cannot be imported at all (unreadable, wrong header). Nothing was written."""
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    imported_rows: int = 0
+    duplicate_rows: int = 0
+    invalid_rows: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)  # first MAX_REPORTED_ERRORS
+    new_identifiers: int = 0
+    new_consent_events: int = 0
+    points_hashed: int = 0
+
+    def error(self, line: int, reason: str) -> None:
+        self.invalid_rows += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append((line, reason))
+
+
+_CANONICAL_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z")
+
+
+def parse_time(text: str) -> str:
+    """ISO 8601 with a timezone, as fixed-width UTC text (so text order is time order)."""
+    value = text.strip()
+    if _CANONICAL_UTC.fullmatch(value):
+        # The common export format: check the ranges, then pad instead of reformatting.
+        try:
+            datetime.fromisoformat(value[:19])
+        except ValueError:
+            raise ValueError("updated_at is not an ISO 8601 time") from None
+        return f"{value[:19]}.{value[20:-1]:0<6}Z"
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("updated_at is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError("updated_at has no timezone (add Z or an offset)")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _value_hash(id_type: str, identifier: str, region: str | None) -> bytes:
+    """SHA-256 of the normalized identifier (``sha256:<hex>`` is taken as given)."""
+    if identifier.startswith("sha256:"):
+        return encode_identifier(id_type, identifier[7:], prehashed=True, region=region)[-32:]
+    return encode_identifier(id_type, identifier, region=region)[-32:]
+
+
+def _check_row(fields: tuple, region: str | None) -> tuple:
+    """A validated, normalized row, or ValueError naming the rule (never the value)."""
+    for name, value in zip(COLUMNS, fields):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} is not a string")
+        if len(value) > MAX_FIELD:
+            raise ValueError(f"{name} is longer than {MAX_FIELD} characters")
+    user_id, id_type, identifier, purpose, consent, updated_at = fields
+    user_id = user_id.strip()
+    if not user_id:
+        raise ValueError("user_id is empty")
+    if len(user_id) > MAX_USER_ID or not user_id.isprintable():
+        raise ValueError(f"user_id must be printable and at most {MAX_USER_ID} characters")
+    id_type = id_type.strip()
+    if id_type not in ID_TYPES:
+        raise ValueError(f"id_type must be one of {', '.join(ID_TYPES)}")
+    purpose = purpose.strip()
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}")
+    consent = consent.strip()
+    if consent not in STATES:
+        raise ValueError(f"consent must be one of {', '.join(STATES)}")
+    when = parse_time(updated_at)
+    try:
+        value_hash = _value_hash(id_type, identifier.strip(), region)
+    except InvalidIdentifierError as exc:
+        raise ValueError(f"identifier: {exc}") from None
+    return user_id, id_type, value_hash, purpose, consent, when
+
+
+def _decoded_lines(raw: Iterable[bytes], bad_lines: set[int]) -> Iterator[str]:
+    for number, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_lines.add(number)
+            yield line.decode("utf-8", errors="replace")
+
+
+def _csv_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[int, tuple]]:
+    bad: set[int] = set()
+    reader = csv.reader(_decoded_lines(raw, bad), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportFileError("the file is empty (expected a header line)") from None
+    except csv.Error as exc:
+        raise ImportFileError(f"line 1: unreadable header ({exc})") from None
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise ImportFileError(
+            f"missing column(s) {', '.join(missing)}; the header must name {', '.join(COLUMNS)}"
+        )
+    if 1 in bad:
+        raise ImportFileError("line 1: header is not valid UTF-8")
+    width = len(header)
+    order = [header.index(c) for c in COLUMNS]
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.rows += 1
+            report.error(start, f"malformed CSV ({exc})")
+            continue
+        if not fields:
+            continue  # blank line
+        report.rows += 1
+        if any(n in bad for n in range(start, reader.line_num + 1)):
+            report.error(start, "not valid UTF-8")
+        elif len(fields) != width:
+            report.error(start, f"expected {width} fields, got {len(fields)}")
+        else:
+            yield start, tuple(fields[i] for i in order)
+
+
+def _jsonl_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[int, tuple]]:
+    for number, line in enumerate(raw, start=1):
+        if not line.strip():
+            continue
+        report.rows += 1
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            report.error(number, "not valid UTF-8")
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report.error(number, f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            report.error(number, "not a JSON object")
+            continue
+        missing = [c for c in COLUMNS if c not in obj]
+        if missing:
+            report.error(number, f"missing key(s) {', '.join(missing)}")
+            continue
+        yield number, tuple(obj[c] for c in COLUMNS)
+
+
+def detect_format(name: str) -> str:
+    lowered = name.lower()
+    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    return "csv"
+
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging (
+    user_id TEXT NOT NULL, id_type TEXT NOT NULL, value_hash BLOB NOT NULL,
+    purpose TEXT NOT NULL, consent TEXT NOT NULL, effective_at TEXT NOT NULL
+)"""
+
+
+def _missing_points(conn: sqlite3.Connection, keys: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Keys whose point is not cached yet."""
+    have: set[tuple[str, bytes]] = set()
+    for id_type in ID_TYPES:
+        hashes = [h for t, h in keys if t == id_type]
+        for i in range(0, len(hashes), _SQL_VARS):
+            part = hashes[i : i + _SQL_VARS]
+            q = "SELECT value_hash FROM points WHERE id_type = ? AND value_hash IN (%s)" % (
+                ",".join("?" * len(part))
+            )
+            have.update((id_type, h) for (h,) in conn.execute(q, [id_type, *part]))
+    return [k for k in keys if k not in have]
+
+
+def _validate_batch(rows: list[tuple[int, tuple]], region: str | None):
+    """Pool task: validated records and ``(line, reason)`` errors for one batch."""
+    records, errors = [], []
+    for number, fields in rows:
+        try:
+            records.append(_check_row(fields, region))
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+    return records, errors
+
+
+def _hash_batch(keys: list[tuple[str, bytes]]) -> np.ndarray:
+    return hash_to_curve([t.encode() + b"\x00" + h for t, h in keys], workers=1)
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def import_file(
+    conn: sqlite3.Connection,
+    raw: Iterable[bytes],
+    fmt: str,
+    source: str,
+    region: str | None = "US",
+    workers: int | None = None,
+    executor: Executor | None = None,
+) -> ImportReport:
+    """Import consent rows (DESIGN section 4 format) from an iterable of raw lines.
+
+    Raises ``ImportFileError`` for a file that cannot be imported at all; row problems
+    are collected in the report and never written. Memory stays bounded: rows go to a
+    staging table batch by batch. Validation and hashing run in the pool while this
+    process reads ahead and writes.
+    """
+    report = ImportReport()
+    rows = _jsonl_rows(raw, report) if fmt == "jsonl" else _csv_rows(raw, report)
+    pool = executor if executor is not None else get_executor(workers)
+    conn.execute(_STAGING)
+    conn.execute("DELETE FROM temp.staging")
+    validated = imap(pool, _validate_batch, ((b, region) for b in _chunks(rows, BATCH)))
+    pending: deque[tuple[list[tuple], list[tuple[str, bytes]]]] = deque()
+
+    def hash_tasks() -> Iterator[tuple[list[tuple[str, bytes]]]]:
+        for records, errors in validated:
+            for number, reason in errors:
+                report.error(number, reason)
+            missing = _missing_points(conn, list(dict.fromkeys((r[1], r[2]) for r in records)))
+            pending.append((records, missing))
+            yield (missing,)
+
+    for points in imap(pool, _hash_batch, hash_tasks()):
+        records, missing = pending.popleft()
+        with transaction(conn):
+            conn.executemany(
+                "INSERT OR IGNORE INTO points (id_type, value_hash, point) VALUES (?, ?, ?)",
+                [(t, h, p.tobytes()) for (t, h), p in zip(missing, points)],
+            )
+            conn.executemany("INSERT INTO temp.staging VALUES (?, ?, ?, ?, ?, ?)", records)
+        report.points_hashed += len(missing)
+        report.imported_rows += len(records)
+    report.errors.sort()
+    _apply_staging(conn, source, report)
+    return report
+
+
+def _apply_staging(conn: sqlite3.Connection, source: str, report: ImportReport) -> None:
+    with transaction(conn):
+        before_ids = conn.execute("SELECT COALESCE(MAX(id), 0) FROM identifiers").fetchone()[0]
+        before_events = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_events").fetchone()[0]
+        distinct = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT * FROM temp.staging)"
+        ).fetchone()[0]
+        report.duplicate_rows = report.imported_rows - distinct
+        report.imported_rows = distinct
+        conn.execute("INSERT OR IGNORE INTO users (user_id) SELECT DISTINCT user_id FROM temp.staging")
+        conn.execute(
+            "INSERT OR IGNORE INTO identifiers (user_id, id_type, value_hash) "
+            "SELECT DISTINCT user_id, id_type, value_hash FROM temp.staging"
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO identifier_purposes (identifier_id, purpose) "
+            "SELECT DISTINCT i.id, s.purpose FROM temp.staging AS s JOIN identifiers AS i "
+            "ON i.user_id = s.user_id AND i.id_type = s.id_type AND i.value_hash = s.value_hash"
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO consent_events (user_id, scope, state, effective_at, source) "
+            "SELECT user_id, 'ads_matching', consent, effective_at, ? FROM "
+            "(SELECT DISTINCT user_id, consent, effective_at FROM temp.staging)",
+            (source,),
+        )
+        report.new_identifiers = (
+            conn.execute("SELECT COUNT(*) FROM identifiers WHERE id > ?", (before_ids,)).fetchone()[0]
+        )
+        report.new_consent_events = conn.execute(
+            "SELECT COUNT(*) FROM consent_events WHERE id > ?", (before_events,)
+        ).fetchone()[0]
+        conn.execute("DELETE FROM temp.staging")
+
+
+def record_consent(
+    conn: sqlite3.Connection,
+    user_ids: Iterable[str],
+    state: str,
+    effective_at: str | None = None,
+    source: str = "cli",
+) -> tuple[int, list[str]]:
+    """Record one consent event per known user, in one transaction.
+
+    Returns the number recorded and the user ids that are not in the registry (nothing
+    is recorded for those: a grant must come with the user's identifiers, by import).
+    """
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    when = parse_time(effective_at) if effective_at else now_utc()
+    recorded, unknown = 0, []
+    with transaction(conn):
+        for user_id in user_ids:
+            user_id = user_id.strip()
+            if not user_id:
+                continue
+            if conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is None:
+                unknown.append(user_id)
+                continue
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO consent_events (user_id, scope, state, effective_at, source) "
+                "VALUES (?, 'ads_matching', ?, ?, ?)",
+                (user_id, state, when, source),
+            )
+            recorded += cur.rowcount
+    return recorded, unknown
+
+
+def _table_query(user_filter: str) -> str:
+    # Each user contributes at most ``cap`` identifiers of a type (the noise sensitivity):
+    # the earliest recorded ones. A value shared by several users appears once.
+    return f"""
+WITH ranked AS (
+    SELECT value_hash,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY identifier_id) AS rank
+      FROM matchable
+     WHERE id_type = :id_type {user_filter}
+)
+SELECT DISTINCT r.value_hash, p.point
+  FROM ranked AS r
+  JOIN points AS p ON p.id_type = :id_type AND p.value_hash = r.value_hash
+ WHERE r.rank <= :cap
+"""
+
+
+def table_points(
+    conn: sqlite3.Connection, id_type: str, cap: int, users: list[str] | None = None
+) -> tuple[list[bytes], np.ndarray]:
+    """Value hashes and hashed points that belong in the table for ``id_type``.
+
+    With ``users``, only the contributions of those users (for incremental updates).
+    """
+    if users is None:
+        cur = conn.execute(_table_query(""), {"id_type": id_type, "cap": cap})
+        rows = cur.fetchall()
+    else:
+        rows = []
+        for i in range(0, len(users), _SQL_VARS):
+            part = users[i : i + _SQL_VARS]
+            names = {f"u{j}": u for j, u in enumerate(part)}
+            flt = "AND user_id IN (%s)" % ",".join(f":{k}" for k in names)
+            rows += conn.execute(
+                _table_query(flt), {"id_type": id_type, "cap": cap, **names}
+            ).fetchall()
+        rows = list(dict.fromkeys(rows))
+    hashes = [h for h, _ in rows]
+    points = np.frombuffer(b"".join(p for _, p in rows), dtype=np.uint8).reshape(-1, 32)
+    return hashes, points

@@ -1,0 +1,265 @@
+"""The gRPC shim: authentication, limits, status codes, health, TLS and shutdown.
+
+Protocol logic lives in ``session.py``; this module only moves messages and maps
+``SessionError`` to gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from collections import Counter
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from psi.parallel import Executor
+from psi_proto.v1 import matcher_pb2 as pb
+from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
+
+from . import advertisers, budget, store
+from .epochs import EpochManager
+from .session import Policy, SessionError, run_session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServerConfig", "MatcherService", "is_loopback", "start_server"]
+
+SERVICE_NAME = "psi.v1.Matcher"
+MAX_RECEIVE_BYTES = 1 << 20  # a chunk of points or digests is at most 512 KiB
+
+
+@dataclass
+class ServerConfig:
+    db: str
+    listen: str = "127.0.0.1:50051"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    insecure: bool = False
+    policy: Policy = field(default_factory=Policy)
+    workers: int | None = None
+    executor: Executor | None = None
+    identifiers_per_user: int = 1
+    epoch_period: float = 24 * 3600.0
+    rotate_after_revocation: float = 3600.0
+    max_sessions: int = 16
+    max_sessions_per_advertiser: int = 2
+    session_timeout: float = 3600.0
+    grace: float = 30.0
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bearer(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return None
+
+
+class _Slots:
+    """Concurrent session limits, overall and per advertiser."""
+
+    def __init__(self, total: int, per_advertiser: int) -> None:
+        self.total, self.per_advertiser = total, per_advertiser
+        self._lock = threading.Lock()
+        self._by_advertiser: Counter[int] = Counter()
+
+    def acquire(self, advertiser_id: int) -> None:
+        with self._lock:
+            if sum(self._by_advertiser.values()) >= self.total:
+                raise SessionError("RESOURCE_EXHAUSTED", "the server is at its session limit; retry later", "busy")
+            if self._by_advertiser[advertiser_id] >= self.per_advertiser:
+                raise SessionError(
+                    "RESOURCE_EXHAUSTED",
+                    f"at most {self.per_advertiser} concurrent sessions per advertiser",
+                    "concurrency",
+                )
+            self._by_advertiser[advertiser_id] += 1
+
+    def release(self, advertiser_id: int) -> None:
+        with self._lock:
+            self._by_advertiser[advertiser_id] -= 1
+            if self._by_advertiser[advertiser_id] <= 0:
+                del self._by_advertiser[advertiser_id]
+
+
+class MatcherService(pb_grpc.MatcherServicer):
+    def __init__(self, config: ServerConfig, epochs: EpochManager) -> None:
+        self.config = config
+        self.epochs = epochs
+        self.slots = _Slots(config.max_sessions, config.max_sessions_per_advertiser)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> advertisers.Advertiser:
+        conn = store.connect(self.config.db)
+        try:
+            return advertisers.authenticate(conn, _bearer(context))
+        except advertisers.AuthError as exc:
+            raise SessionError("UNAUTHENTICATED", str(exc), "auth") from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, err: SessionError) -> None:
+        if err.reason:
+            context.set_trailing_metadata((("psi-reason", err.reason),))
+        context.abort(getattr(grpc.StatusCode, err.code), err.message)
+
+    def Match(self, request_iterator, context):
+        try:
+            adv = self._authenticate(context)
+            self.slots.acquire(adv.id)
+        except SessionError as err:
+            self._abort(context, err)
+        timer = threading.Timer(self.config.session_timeout, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield from run_session(
+                request_iterator,
+                adv,
+                self.config.db,
+                self.epochs,
+                self.config.policy,
+                self.config.workers,
+                self.config.executor,
+                cancelled=lambda: not context.is_active(),
+            )
+        except SessionError as err:
+            log.info("session for %s ended: %s %s", adv.name, err.code, err.message)
+            self._abort(context, err)
+        except grpc.RpcError:
+            log.info("session for %s ended: the client went away", adv.name)
+        except Exception:
+            if context.is_active():
+                log.exception("session for %s failed", adv.name)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; nothing was charged")
+        finally:
+            timer.cancel()
+            self.slots.release(adv.id)
+
+    def GetBudget(self, request, context):
+        try:
+            adv = self._authenticate(context)
+        except SessionError as err:
+            self._abort(context, err)
+        conn = store.connect(self.config.db)
+        try:
+            st = budget.status(conn, adv)
+        finally:
+            conn.close()
+        return pb.Budget(
+            advertiser=adv.name,
+            epsilon_budget=st.budget,
+            epsilon_spent=st.spent,
+            epsilon_remaining=st.remaining,
+            period_days=st.period_days,
+        )
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.insecure:
+        if not is_loopback(config.listen):
+            raise ValueError("--insecure is only allowed on a loopback address (127.0.0.1, ::1)")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("TLS needs --tls-cert and --tls-key (or --insecure on loopback)")
+    key = Path(config.tls_key).read_bytes()
+    cert = Path(config.tls_cert).read_bytes()
+    ca = Path(config.client_ca).read_bytes() if config.client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    epochs: EpochManager
+    stop_event: threading.Event
+
+    def stop(self, grace: float) -> None:
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.stop_event.set()
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    """Listen at once (health says NOT_SERVING), build the first epoch, then serve."""
+    creds = _credentials(config)
+    epochs = EpochManager(
+        config.db,
+        cap=config.identifiers_per_user,
+        workers=config.workers,
+        executor=config.executor,
+        period=config.epoch_period,
+        rotate_after_revocation=config.rotate_after_revocation,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2 * config.max_sessions + 8, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", 4 * MAX_RECEIVE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=2 * config.max_sessions + 8,
+    )
+    pb_grpc.add_MatcherServicer_to_server(MatcherService(config, epochs), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if creds is None:
+        port = server.add_insecure_port(config.listen)
+    else:
+        port = server.add_secure_port(config.listen, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    server.start()
+    epochs.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, health_servicer, epochs, threading.Event())
+    threading.Thread(target=_rotator, args=(running,), daemon=True, name="epoch-rotation").start()
+    return running
+
+
+def _rotator(running: RunningServer, poll: float = 5.0) -> None:
+    while not running.stop_event.wait(poll):
+        if running.epochs.rotation_due():
+            try:
+                running.epochs.rotate()
+            except Exception:
+                log.exception("epoch rotation failed; keeping the current epoch")
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT; then stop taking sessions and let running ones
+    finish for up to ``grace`` seconds."""
+    running = start_server(config)
+    log.info("serving on %s (port %d)", config.listen, running.port)
+
+    def _stop(signum, _frame):
+        log.info("signal %d: shutting down, grace %.0fs", signum, config.grace)
+        threading.Thread(target=running.stop, args=(config.grace,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    running.stop_event.wait()
+    running.server.wait_for_termination()
+    log.info("stopped")

@@ -1,0 +1,240 @@
+"""The registry database: one SQLite file in WAL mode, schema versioned by migrations.
+
+Append-only tables (consent events, budget ledger, audit log) are enforced by triggers,
+so even a bug elsewhere cannot rewrite history. No table holds an exact match count.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["RegistryError", "SCHEMA_VERSION", "connect", "init", "integrity_ok", "transaction"]
+
+
+class RegistryError(Exception):
+    """A problem with the registry file itself (missing, not initialised, too new)."""
+
+
+def _append_only(table: str) -> str:
+    return f"""
+CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+"""
+
+
+# Each entry migrates the schema from version i to i + 1. Never edit a released entry:
+# add a new one.
+MIGRATIONS: list[str] = [
+    """
+CREATE TABLE users (
+    user_id TEXT PRIMARY KEY,
+    -- Current ads_matching consent, derived from consent_events by the trigger below:
+    -- the event with the latest effective time wins, a revocation winning a tie.
+    ads_matching TEXT CHECK (ads_matching IN ('granted', 'revoked')),
+    consent_effective_at TEXT
+) WITHOUT ROWID;
+
+-- The hashed point H(id_type || 0 || value_hash), computed once per distinct value.
+CREATE TABLE points (
+    id_type TEXT NOT NULL CHECK (id_type IN ('email', 'phone')),
+    value_hash BLOB NOT NULL CHECK (length(value_hash) = 32),
+    point BLOB NOT NULL CHECK (length(point) = 32),
+    PRIMARY KEY (id_type, value_hash)
+) WITHOUT ROWID;
+
+CREATE TABLE identifiers (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (user_id),
+    id_type TEXT NOT NULL CHECK (id_type IN ('email', 'phone')),
+    value_hash BLOB NOT NULL CHECK (length(value_hash) = 32),
+    UNIQUE (user_id, id_type, value_hash)
+);
+CREATE INDEX identifiers_by_value ON identifiers (id_type, value_hash);
+
+-- Why an identifier was collected. One given only for 'security' never matches.
+CREATE TABLE identifier_purposes (
+    identifier_id INTEGER NOT NULL REFERENCES identifiers (id),
+    purpose TEXT NOT NULL CHECK (purpose IN ('account', 'security', 'advertising')),
+    PRIMARY KEY (identifier_id, purpose)
+) WITHOUT ROWID;
+
+CREATE TABLE consent_events (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (user_id),
+    scope TEXT NOT NULL CHECK (scope = 'ads_matching'),
+    state TEXT NOT NULL CHECK (state IN ('granted', 'revoked')),
+    effective_at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    source TEXT NOT NULL,
+    UNIQUE (user_id, scope, state, effective_at)
+);
+
+CREATE TRIGGER consent_events_apply AFTER INSERT ON consent_events
+BEGIN
+    UPDATE users
+       SET ads_matching = NEW.state, consent_effective_at = NEW.effective_at
+     WHERE user_id = NEW.user_id
+       AND (consent_effective_at IS NULL
+            OR NEW.effective_at > consent_effective_at
+            OR (NEW.effective_at = consent_effective_at AND NEW.state = 'revoked'));
+END;
+
+-- Every change that can alter whether a user's identifiers match, in commit order, so a
+-- live epoch can apply consent changes incrementally.
+CREATE TABLE user_changes (
+    seq INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL
+);
+CREATE TRIGGER consent_events_changed AFTER INSERT ON consent_events
+BEGIN INSERT INTO user_changes (user_id) VALUES (NEW.user_id); END;
+CREATE TRIGGER identifiers_changed AFTER INSERT ON identifiers
+BEGIN INSERT INTO user_changes (user_id) VALUES (NEW.user_id); END;
+CREATE TRIGGER identifier_purposes_changed AFTER INSERT ON identifier_purposes
+BEGIN
+    INSERT INTO user_changes (user_id)
+    SELECT user_id FROM identifiers WHERE id = NEW.identifier_id;
+END;
+
+-- THE definition of matchable (DESIGN section 4). Everything that builds or updates a
+-- table reads this view; nothing else decides.
+CREATE VIEW matchable AS
+SELECT i.id AS identifier_id, i.user_id, i.id_type, i.value_hash
+  FROM identifiers AS i
+  JOIN users AS u ON u.user_id = i.user_id
+ WHERE u.ads_matching = 'granted'
+   AND EXISTS (SELECT 1 FROM identifier_purposes AS p
+                WHERE p.identifier_id = i.id AND p.purpose <> 'security');
+
+CREATE TABLE advertisers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+    -- Epsilons are stored in millionths, so budgets add up exactly.
+    budget_micro INTEGER NOT NULL CHECK (budget_micro >= 0),
+    period_days REAL NOT NULL CHECK (period_days > 0),
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    revoked_at TEXT
+);
+
+-- Epsilon charged per release. A reset is a row of its own (epsilon 0): spending counts
+-- only after the latest reset, so history is never rewritten.
+CREATE TABLE budget_ledger (
+    id INTEGER PRIMARY KEY,
+    advertiser_id INTEGER NOT NULL REFERENCES advertisers (id),
+    charged_at REAL NOT NULL,
+    epsilon_micro INTEGER NOT NULL CHECK (epsilon_micro >= 0),
+    session_id TEXT NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('release', 'reset'))
+);
+CREATE INDEX budget_ledger_by_advertiser ON budget_ledger (advertiser_id, charged_at);
+
+-- Every release. Holds the noisy count that was sent, never the exact one.
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY,
+    advertiser_id INTEGER NOT NULL REFERENCES advertisers (id),
+    released_at TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    epoch_id TEXT NOT NULL,
+    id_type TEXT NOT NULL,
+    n_items INTEGER NOT NULL,
+    epsilon_micro INTEGER NOT NULL,
+    sensitivity INTEGER NOT NULL,
+    threshold INTEGER NOT NULL,
+    -- 0 only on a server started with --unsafe-exact-counts: then the released value
+    -- below is exact, and this row says so.
+    noise INTEGER NOT NULL CHECK (noise IN (0, 1)),
+    noisy_count INTEGER,
+    suppressed INTEGER NOT NULL CHECK (suppressed IN (0, 1))
+);
+CREATE INDEX audit_log_by_advertiser ON audit_log (advertiser_id, released_at);
+"""
+    + _append_only("consent_events")
+    + _append_only("budget_ledger")
+    + _append_only("audit_log"),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
+    """Open the registry. Refuses a missing file unless ``create``, and an old schema."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise RegistryError(f"no registry at {path}: run 'psi-server init --db {path}' first")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    if not create:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.close()
+            raise RegistryError(f"{path} is not an initialised registry: run 'psi-server init'")
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise RegistryError(
+                f"{path} has schema version {version}, newer than this program's "
+                f"{SCHEMA_VERSION}: upgrade the program"
+            )
+        if version < SCHEMA_VERSION:
+            migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations, each in its own transaction. Returns the new version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with transaction(conn):
+            for statement in _split(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+    return SCHEMA_VERSION
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would commit implicitly)."""
+    statements, current = [], []
+    for line in script.splitlines():
+        current.append(line)
+        candidate = "\n".join(current).strip()
+        if candidate and sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        raise ValueError("incomplete SQL statement in migration")
+    return statements
+
+
+def init(path: str | Path) -> int:
+    """Create (or upgrade) the registry file; idempotent. Returns the schema version."""
+    conn = connect(path, create=True)
+    try:
+        return migrate(conn)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """One atomic transaction. ``BEGIN IMMEDIATE`` takes the write lock up front, so two
+    writers serialize instead of failing half-way with SQLITE_BUSY on upgrade."""
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def integrity_ok(conn: sqlite3.Connection) -> bool:
+    rows = conn.execute("PRAGMA integrity_check").fetchall()
+    fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+    return rows == [("ok",)] and not fk

@@ -1,0 +1,195 @@
+"""The consent registry: the matchable definition as a property, incremental table
+updates, and the schema."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psi import hash_to_curve
+from psi_server import consent, store
+from psi_server.epochs import EpochManager
+
+HEADER = "user_id,id_type,identifier,purpose,consent,updated_at\n"
+
+
+def csv_bytes(rows) -> list[bytes]:
+    text = HEADER + "".join(",".join(r) + "\n" for r in rows)
+    return io.BytesIO(text.encode()).readlines()
+
+
+def import_rows(conn, rows, **kw):
+    return consent.import_file(conn, csv_bytes(rows), "csv", "test", workers=1, **kw)
+
+
+def email(i: int) -> str:
+    return f"person{i}@example.com"
+
+
+def value_hash(i: int) -> bytes:
+    return hashlib.sha256(email(i).encode()).digest()
+
+
+def blinded_set(epoch, id_type, values) -> set[bytes]:
+    if not values:
+        return set()
+    pts = hash_to_curve([id_type.encode() + b"\x00" + v for v in values], workers=1)
+    return {r.tobytes() for r in epoch.key.apply(pts, workers=1, check=False)}
+
+
+def live_rows(snapshot) -> set[bytes]:
+    return {r.tobytes() for chunk in snapshot.chunks(1000) for r in chunk}
+
+
+def db(tmp_path, name="r.db"):
+    path = tmp_path / name
+    store.init(path)
+    return str(path)
+
+
+# A history: identifiers with purposes, and consent events at distinct or equal times.
+identifier_rows = st.lists(
+    st.tuples(st.integers(0, 5), st.integers(0, 7), st.sampled_from(consent.PURPOSES)),
+    min_size=1, max_size=25,
+)
+events = st.lists(
+    st.tuples(st.integers(0, 5), st.sampled_from(consent.STATES), st.integers(0, 4)), max_size=20
+)
+
+
+def expected_matchable(idents, evs) -> set[bytes]:
+    """The definition, computed independently: latest consent per user (revoked wins a
+    tie) is granted, and the identifier has a purpose other than security."""
+    latest: dict[int, tuple[int, str]] = {}
+    for user, state, t in evs:
+        cur = latest.get(user)
+        if cur is None or t > cur[0] or (t == cur[0] and state == "revoked"):
+            latest[user] = (t, state)
+    purposes: dict[tuple[int, int], set[str]] = {}
+    for user, ident, purpose in idents:
+        purposes.setdefault((user, ident), set()).add(purpose)
+    return {
+        value_hash(ident)
+        for (user, ident), ps in purposes.items()
+        if latest.get(user, (0, "revoked"))[1] == "granted" and ps - {"security"}
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(identifier_rows, events, st.booleans())
+def test_table_equals_independent_matchable_set(tmp_path_factory, idents, evs, split):
+    path = db(tmp_path_factory.mktemp("prop"))
+    conn = store.connect(path)
+    # Identifier rows carry a consent column too: give them the first event of their user
+    # (or a revocation at time 0), then record the remaining events individually.
+    first = {}
+    for user, state, t in evs:
+        first.setdefault(user, (state, t))
+    rows = []
+    for user, ident, purpose in idents:
+        state, t = first.get(user, ("revoked", 0))
+        rows.append((f"u{user}", "email", email(ident), purpose, state, f"2026-01-01T00:00:0{t}Z"))
+    import_rows(conn, rows)
+    known = {u for u, _, _ in idents}
+    history = [(u, "revoked", 0) for u in known if u not in first]
+    history += [(u, s, t) for u, (s, t) in first.items() if u in known]
+    rest = [e for e in evs if e[0] in known]
+    # apply the events either as one batch or one at a time, in the generated order
+    for user, state, t in rest:
+        consent.record_consent(conn, [f"u{user}"], state, f"2026-01-01T00:00:0{t}Z", "test")
+        history.append((user, state, t))
+    manager = EpochManager(path, cap=100, workers=1)
+    epoch = manager.start()
+    if split:  # also exercise the incremental path: rebuild, then re-sync nothing
+        manager.snapshot("email")
+    _, snap = manager.snapshot("email")
+    want = expected_matchable(idents, history)
+    assert live_rows(snap) == blinded_set(epoch, "email", sorted(want))
+    conn.close()
+
+
+def test_security_only_identifier_never_matches(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    import_rows(conn, [
+        ("u1", "email", email(1), "security", "granted", "2026-01-01T00:00:00Z"),
+        ("u1", "email", email(2), "security", "granted", "2026-01-01T00:00:00Z"),
+        ("u1", "email", email(2), "account", "granted", "2026-01-01T00:00:00Z"),
+        ("u2", "phone", "+1 650 253 0000", "security", "granted", "2026-01-01T00:00:00Z"),
+    ])
+    hashes, _ = consent.table_points(conn, "email", cap=10)
+    assert hashes == [value_hash(2)]
+    assert consent.table_points(conn, "phone", cap=10)[0] == []
+
+
+def test_cap_limits_identifiers_per_user_and_shared_values_appear_once(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    rows = [(f"u{u}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
+            for u in range(3) for i in range(4)]
+    import_rows(conn, rows)  # three users sharing the same four addresses
+    hashes, points = consent.table_points(conn, "email", cap=1)
+    assert len(hashes) == len(set(hashes)) == len(points) == 1
+    assert len(consent.table_points(conn, "email", cap=2)[0]) == 2
+    assert len(consent.table_points(conn, "email", cap=9)[0]) == 4
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["revoke", "grant", "add"]), st.integers(0, 7), st.integers(0, 9)),
+                min_size=1, max_size=12))
+def test_incremental_updates_equal_a_rebuild(tmp_path_factory, ops):
+    path = db(tmp_path_factory.mktemp("inc"))
+    conn = store.connect(path)
+    rows = [(f"u{u}", "email", email(u), "account", "granted", "2026-01-01T00:00:00Z") for u in range(8)]
+    rows += [("u0", "email", email(3), "advertising", "granted", "2026-01-01T00:00:00Z")]  # shared
+    import_rows(conn, rows)
+    manager = EpochManager(path, cap=1, workers=1)
+    epoch = manager.start()
+    for step, (op, user, other) in enumerate(ops, start=1):
+        when = f"2026-02-01T00:00:{step:02d}Z"
+        if op == "add":
+            import_rows(conn, [(f"u{user}", "email", email(100 + other), "account", "granted", when)])
+        else:
+            consent.record_consent(conn, [f"u{user}"], "granted" if op == "grant" else "revoked", when)
+        _, snap = manager.snapshot("email")
+        hashes, _ = consent.table_points(conn, "email", cap=1)
+        assert live_rows(snap) == blinded_set(epoch, "email", hashes)
+        assert snap.size == len(hashes)
+
+
+def test_revocation_before_snapshot_is_applied_without_rebuild(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    import_rows(conn, [(f"u{u}", "email", email(u), "account", "granted", "2026-01-01T00:00:00Z") for u in range(50)])
+    manager = EpochManager(path, workers=1)
+    epoch = manager.start()
+    base = epoch.tables["email"].snapshot.base
+    consent.record_consent(conn, ["u7", "u8"], "revoked")
+    _, snap = manager.snapshot("email")
+    assert snap.size == 48 and snap.base is base  # same epoch arrays: no rebuild
+    assert manager.current is epoch and epoch.revoked_since is not None
+
+
+def test_schema_version_and_append_only(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    import_rows(conn, [("u1", "email", email(1), "account", "granted", "2026-01-01T00:00:00Z")])
+    with pytest.raises(Exception, match="append-only"):
+        conn.execute("UPDATE consent_events SET state = 'revoked'")
+    with pytest.raises(Exception, match="append-only"):
+        conn.execute("DELETE FROM consent_events")
+    assert store.init(path) == store.SCHEMA_VERSION  # idempotent
+    newer = tmp_path / "newer.db"
+    store.init(newer)
+    c2 = store.connect(newer)
+    c2.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    c2.close()
+    with pytest.raises(store.RegistryError, match="newer than this program"):
+        store.connect(newer)
+    with pytest.raises(store.RegistryError, match="psi-server init"):
+        store.connect(tmp_path / "missing.db")
