@@ -169,7 +169,7 @@ def _to_bytes(xs: Sequence, zs: Sequence) -> np.ndarray:
         if z:
             out[32 * i : 32 * i + 32] = (xs[i] * inv * prefix[i] % p).to_bytes(32, "little")
             inv = inv * z % p
-    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(n, 32)
+    return np.frombuffer(out, dtype=np.uint8).reshape(n, 32)
 
 
 def _uniform_to_points(uniform: Sequence[bytes], count: int) -> np.ndarray:

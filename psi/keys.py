@@ -48,7 +48,7 @@ def _apply_chunk(scalar: bytes, points: np.ndarray, check: bool):
             low_order += 1
     if low_order:
         return None, 0, 0, low_order
-    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32), 0, 0, 0
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 32), 0, 0, 0
 
 
 class Key:

@@ -1,27 +1,114 @@
-"""In-process demonstration of the protocol steps on synthetic data."""
+"""The main job end to end on loopback, on synthetic data.
 
+A fresh registry of synthetic users (some addresses given only for two-factor
+authentication, some users who revoked consent), an advertiser, a customer list that
+overlaps both kinds, ``psi-server serve`` as a process and ``psi-match`` against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
 
-from psi import Key, encode_identifier, hash_to_curve
-from psi.protocol import client, server
+from psi_server.synthetic import advertiser_list, generate, write_csv
+
+USERS = 20_000
+LIST = 5_000
+EPSILON = 0.5
+ROOT = Path(__file__).resolve().parent.parent / "demo-run"
+SERVER = [sys.executable, "-m", "psi_server.cli"]
+CLIENT = [sys.executable, "-m", "psi_client.cli"]
+out = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit("the server exited during start-up; see demo-run/server.log")
+            try:
+                req = health_pb2.HealthCheckRequest(service="psi.v1.Matcher")
+                if stub.Check(req, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise SystemExit("the server did not become ready in time; see demo-run/server.log")
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=True, **kw)
 
 
 def main() -> None:
-    rng = np.random.default_rng()
-    universe = rng.permutation(50_000)
-    platform = universe[:20_000]
-    advertiser = np.concatenate([universe[15_000:20_000], universe[30_000:33_000]])
-    start = time.perf_counter()
-    t = hash_to_curve([encode_identifier("email", f"u{i}@example.com") for i in platform])
-    x = hash_to_curve([encode_identifier("email", f"u{i}@example.com") for i in advertiser])
-    a, b = Key.generate(), Key.generate()
-    table = server.build_table(b, t)
-    returned = client.double_blind_table(a, [table])
-    n = server.count(server.blind_client_set(b, client.blind(a, x)), returned, len(table))
-    print(f"intersection {n} (true overlap {len(set(platform) & set(advertiser))}) "
-          f"in {time.perf_counter() - start:.1f}s")
+    shutil.rmtree(ROOT, ignore_errors=True)
+    ROOT.mkdir()
+    db = ROOT / "registry.db"
+    out.rule("[bold]platform side")
+    syn = generate(USERS, seed=2026)
+    write_csv(syn.rows, ROOT / "users.csv")
+    security_only = sum(1 for r in syn.rows if r[3] == "security")
+    out.print(f"{USERS:,} synthetic users, {len(syn.rows):,} consent rows "
+              f"({security_only:,} addresses given only for security)")
+    run(SERVER + ["init", "--db", str(db)])
+    run(SERVER + ["consent", "import", "--db", str(db), str(ROOT / "users.csv")])
+    token = run(SERVER + ["advertiser", "add", "--db", str(db), "acme-shoes", "--epsilon-budget", "2"],
+                capture_output=True, text=True).stdout.strip()
+    (ROOT / "acme.token").write_text(token + "\n")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = (ROOT / "server.log").open("wb")
+    server = subprocess.Popen(SERVER + ["serve", "--db", str(db), "--listen", address, "--insecure"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(address, server)
+        out.print(f"server listening on {address} (log: demo-run/server.log)")
+        out.rule("[bold]advertiser side")
+        listing = advertiser_list(syn, LIST, overlap=0.6, seed=7)
+        (ROOT / "customers.txt").write_text("\n".join(listing) + "\n")
+        out.print(f"customer list: {LIST:,} addresses (demo-run/customers.txt)")
+        result = run(CLIENT + ["--server", address, "--token-file", str(ROOT / "acme.token"),
+                               "--id-type", "email", "--insecure", "--epsilon", str(EPSILON), "--json",
+                               str(ROOT / "customers.txt")], capture_output=False, stdout=subprocess.PIPE, text=True)
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+    truth = len(set(listing) & syn.matchable)
+    blind = len(set(listing) & syn.everything)
+    out.rule("[bold]result")
+    table = Table(show_header=True)
+    table.add_column("")
+    table.add_column("count", justify="right")
+    shown = f"fewer than {answer['threshold']}" if answer["suppressed"] else f"{answer['noisy_count']:,}"
+    table.add_row(f"released to the advertiser (epsilon {answer['epsilon_spent']:g}, ± {answer['interval95']} at 95%)",
+                  shown)
+    table.add_row("true consented overlap (never released)", f"{truth:,}")
+    table.add_row("what a purpose-blind matcher would have counted", f"{blind:,}")
+    out.print(table)
+    out.print(f"{blind - truth:,} of the list's addresses at the platform were given only for security "
+              "or belong to users who revoked consent: they were never matchable.")
+    out.print(f"budget left for acme-shoes: {answer['budget_remaining']:g} epsilon")
 
 
 if __name__ == "__main__":

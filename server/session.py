@@ -114,7 +114,6 @@ def run_session(
     workers: int | None = None,
     executor: Executor | None = None,
     cancelled: Callable[[], bool] = lambda: False,
-    on_charge: Callable[[], None] | None = None,
 ) -> Iterator[pb.ServerMessage]:
     """Drive one session. Yields server messages; raises ``SessionError`` to end it.
 
@@ -179,8 +178,6 @@ def run_session(
             )
         except budget.BudgetExhausted as exc:
             raise SessionError("RESOURCE_EXHAUSTED", str(exc), "budget") from None
-        if on_charge is not None:
-            on_charge()
         log.info(
             "session %s advertiser=%s id_type=%s n=%d released%s",
             session_id, advertiser.name, open_msg.id_type, distinct,

@@ -1,0 +1,230 @@
+"""Released counts: budgets under concurrency, crashes, the differencing attack, and
+what the database keeps."""
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+
+import grpc
+import pytest
+
+from psi import encode_identifier
+from psi.noise import EPSILON_RESOLUTION, epsilon_fraction, release_count
+from psi_client.session import ClientConfig, MatchFailed, channel, match
+from psi_server import advertisers, budget, store
+from psi_server.service import ServerConfig, start_server
+from psi_server.session import Policy
+from psi_server.synthetic import generate
+
+from .support import SERVER, ServerProcess, free_port, make_registry, wait_serving
+
+SYN = generate(800, seed=21)
+
+
+def encoded(emails):
+    return list(dict.fromkeys(encode_identifier("email", e) for e in emails))
+
+
+MEMBERS = sorted(SYN.matchable)
+OUTSIDERS = [f"stranger{i}@example.org" for i in range(300)]
+LIST = MEMBERS[:150] + OUTSIDERS  # exact count 150
+
+
+def in_process_server(db, policy, per_advertiser=2):
+    port = free_port()
+    config = ServerConfig(db=db, listen=f"127.0.0.1:{port}", insecure=True, workers=1, policy=policy,
+                          max_sessions=32, max_sessions_per_advertiser=per_advertiser)
+    return start_server(config), f"127.0.0.1:{port}"
+
+
+def client(address, token):
+    return ClientConfig(server=address, token=token, insecure=True, workers=1, min_table_size=10)
+
+
+def test_concurrent_sessions_cannot_overspend(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=0.3)
+    running, address = in_process_server(db, Policy(noise=True, threshold=0), per_advertiser=16)
+    token = token_file.read_text().strip()
+    outcomes = []
+    barrier = threading.Barrier(8)
+
+    def one():
+        cfg = client(address, token)
+        barrier.wait()
+        try:
+            outcomes.append(("ok", match(cfg, "email", encoded(LIST), 0.1)))
+        except MatchFailed as exc:
+            outcomes.append((exc.kind, exc.message))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    running.stop(1)
+    kinds = sorted(k for k, _ in outcomes)
+    assert kinds == ["budget"] * 5 + ["ok"] * 3, outcomes
+    conn = store.connect(db)
+    adv = advertisers.by_name(conn, "acme")
+    ledger = conn.execute("SELECT SUM(epsilon_micro), COUNT(*) FROM budget_ledger").fetchone()
+    audits = conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
+    assert ledger == (round(0.3 * EPSILON_RESOLUTION), 3) and audits == 3
+    assert budget.status(conn, adv).remaining_micro == 0
+    assert store.integrity_ok(conn)
+    conn.close()
+
+
+CRASH_AFTER_CHARGE = """
+import os, sys
+from psi_server import budget
+real = budget.charge
+def charge_then_die(*args, **kwargs):
+    status = real(*args, **kwargs)
+    os.kill(os.getpid(), 9)  # killed after the commit, before the reply is sent
+budget.charge = charge_then_die
+from psi_server.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_between_charge_and_reply(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=1)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    args = ["serve", "--db", db, "--listen", address, "--insecure", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_AFTER_CHARGE, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(address)
+        with pytest.raises(MatchFailed) as info:
+            match(client(address, token_file.read_text().strip()), "email", encoded(LIST), 0.2)
+        assert info.value.kind == "server"
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    conn = store.connect(db)
+    assert store.integrity_ok(conn)
+    assert conn.execute("SELECT epsilon_micro, reason FROM budget_ledger").fetchall() == [(200000, "release")]
+    assert conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 1
+    conn.close()
+    server = ServerProcess(db, tmp_path)  # restarts cleanly on the same file
+    try:
+        out = match(client(server.address, token_file.read_text().strip()), "email", encoded(LIST), 0.2)
+        assert abs(out.budget_remaining - 0.6) < 1e-9
+    finally:
+        server.stop()
+
+
+def test_differencing_attack_is_bounded_by_epsilon(tmp_path):
+    """An attacker with total budget E asks for L and L + victim until refused, then
+    guesses membership. Over many trials its accuracy stays within e^E / (1 + e^E)."""
+    db = tmp_path / "attack.db"
+    store.init(db)
+    conn = store.connect(db)
+    total, per_query = 1.0, Fraction(1, 2)
+    base = 150  # exact count of L; the victim adds one when a member
+    trials, correct = 3000, 0
+    rng = __import__("random").Random(5)
+    for trial in range(trials):
+        token = advertisers.add(conn, f"attacker{trial}", total, 30)
+        adv = advertisers.authenticate(conn, token)
+        member = rng.random() < 0.5
+        answers = []
+        for exact in (base, base + member):
+            release = release_count(exact, per_query, 1, threshold=0)
+            budget.charge(conn, adv, round(per_query * EPSILON_RESOLUTION), release, session_id=str(trial),
+                          epoch_id="e", id_type="email", n_items=300, sensitivity=1, noise=True)
+            answers.append(release.noisy_count)
+        with pytest.raises(budget.BudgetExhausted):
+            budget.charge(conn, adv, round(per_query * EPSILON_RESOLUTION), release_count(base, per_query, 1, 0),
+                          session_id="x", epoch_id="e", id_type="email", n_items=300, sensitivity=1, noise=True)
+        guess = answers[1] - answers[0] >= 1
+        correct += guess == member
+    bound = math.exp(total) / (1 + math.exp(total))
+    slack = 3 * math.sqrt(bound * (1 - bound) / trials)
+    assert correct / trials <= bound + slack, (correct / trials, bound)
+    assert correct / trials > 0.55  # the attack is real, just bounded
+    conn.close()
+
+
+def test_differencing_attack_always_wins_without_noise(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=100)
+    running, address = in_process_server(db, Policy(noise=False))
+    token = token_file.read_text().strip()
+    try:
+        for victim, member in [(MEMBERS[200], True), (MEMBERS[201], True), ("nobody@example.org", False),
+                               (sorted(SYN.everything - SYN.matchable)[0], False)]:
+            cfg = client(address, token)
+            a = match(cfg, "email", encoded(LIST), 0.1).noisy_count
+            b = match(cfg, "email", encoded(LIST + [victim]), 0.1).noisy_count
+            assert (b - a == 1) == member
+    finally:
+        running.stop(1)
+
+
+def test_no_column_holds_an_exact_count(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=100)
+    running, address = in_process_server(db, Policy(noise=True, threshold=0))
+    token = token_file.read_text().strip()
+    exact, released = set(), set()
+    try:
+        for size in (150, 151, 152):
+            out = match(client(address, token), "email", encoded(MEMBERS[:size] + OUTSIDERS), 0.05)
+            exact.add(size)
+            released.add(out.noisy_count)
+    finally:
+        running.stop(1)
+    conn = store.connect(db)
+    tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        keys = {r[3] for r in conn.execute(f"PRAGMA foreign_key_list({table})")}
+        for _, column, ctype, _, _, pk in conn.execute(f"PRAGMA table_info({table})"):
+            if pk or column in keys or column == "seq":
+                continue  # row identities, not data
+            values = {v for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM {table}") if isinstance(v, int)}
+            leaked = values & exact
+            if table == "audit_log" and column == "noisy_count":
+                leaked -= released  # a noisy value may equal the exact one by chance
+            assert not leaked, (table, column)
+    assert {v for (v,) in conn.execute("SELECT noisy_count FROM audit_log")} == released
+    conn.close()
+
+
+def test_budget_and_audit_commands(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=1)
+    running, address = in_process_server(db, Policy(noise=True, threshold=100))
+    try:
+        out = match(client(address, token_file.read_text().strip()), "email", encoded(LIST), 0.25)
+    finally:
+        running.stop(1)
+    run = lambda *a: subprocess.run(SERVER + list(a), capture_output=True, text=True, check=True)
+    shown = __import__("json").loads(run("advertiser", "budget", "--db", db, "acme", "--json").stdout)
+    assert shown["epsilon_spent"] == 0.25 and shown["epsilon_remaining"] == 0.75
+    audit = [__import__("json").loads(line) for line in run("audit", "--db", db, "--json").stdout.splitlines()]
+    assert len(audit) == 1 and audit[0]["noisy_count"] == out.noisy_count and audit[0]["n_items"] == 450
+    assert audit[0]["epsilon"] == 0.25 and audit[0]["noise"] is True
+    run("advertiser", "budget", "--db", db, "acme", "--reset")
+    shown = __import__("json").loads(run("advertiser", "budget", "--db", db, "acme", "--json").stdout)
+    assert shown["epsilon_remaining"] == 1.0
+    conn = store.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0] == 2  # history kept
+    conn.close()
+
+
+def test_exact_mode_only_by_explicit_flag():
+    """Noise can be switched off by the command-line flag alone: it is off by default
+    and nothing in the server reads the environment."""
+    from pathlib import Path
+
+    import psi_server
+    from psi_server.cli import parser
+
+    assert parser().parse_args(["serve", "--db", "x"]).unsafe_exact_counts is False
+    assert Policy().noise is True
+    for path in Path(psi_server.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "environ" not in text and "getenv" not in text, path.name
