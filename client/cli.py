@@ -16,7 +16,7 @@ from psi.identifiers import ID_TYPES
 from .input import InputError, read_list
 from .session import ClientConfig, MatchFailed, MatchResult, channel, get_budget, match
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # Exit codes, also listed in the README.
 EXIT_OK = 0
@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-table-size", type=int, default=1000,
                    help="refuse servers whose table is smaller than this (default 1000)")
     p.add_argument("--workers", type=int, help="processes for hashing and X25519 (default: all cores)")
-    p.add_argument("--executor", help="'local[:N]', 'dask://HOST:PORT' or 'dask-local[:N]'")
+    p.add_argument("--executor", help="'local[:N]', 'dask://HOST:PORT', 'dask+tls://HOST:PORT' or 'dask-local[:N]'")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole session (default 3600)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor:
         from psi.cluster import executor_from_spec
 
-        executor = executor_from_spec(args.executor)
+        try:
+            executor = executor_from_spec(args.executor)
+        except (ValueError, ImportError) as exc:
+            err.print(f"[red]error:[/] --executor: {exc}")
+            return EXIT_USAGE
     config = ClientConfig(
         server=args.server, token=token, insecure=args.insecure, ca_cert=args.ca_cert,
         client_cert=args.client_cert, client_key=args.client_key, workers=args.workers,
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.kind, exc.message, args.json)
     finally:
         chan.close()
+        if hasattr(executor, "close"):
+            executor.close()
     _report(result, listing, args.json)
     return EXIT_OK
 

@@ -15,7 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import InvalidPointError
-from .parallel import Executor, get_executor, imap
+from .parallel import Executor, InlineExecutor, get_executor, imap
 from .points import as_points, canonical_mask, off_curve_count
 
 __all__ = ["CHUNK", "Key"]
@@ -125,7 +125,7 @@ class Key:
         """
         arr = as_points(points)
         pool = executor if executor is not None else get_executor(workers)
-        if pool.workers == 1 or len(arr) <= CHUNK:
+        if isinstance(pool, InlineExecutor) or len(arr) <= CHUNK:
             chunk_size = max(len(arr), 1)
         else:
             # at least two chunks per worker so the pool stays busy to the end

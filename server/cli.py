@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -15,18 +16,32 @@ from rich.table import Table
 from . import advertisers, budget, consent, store
 from .session import Policy
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_FAILED = 1
 
 
+EXECUTOR_HELP = "'local[:N]', 'dask://HOST:PORT', 'dask+tls://HOST:PORT' or 'dask-local[:N]' (docs/cluster.md)"
+
+
 def _executor(spec: str | None):
+    """The executor named on the command line; None for the default local pool."""
     if spec is None:
         return None
     from psi.cluster import executor_from_spec
 
-    return executor_from_spec(spec)
+    try:
+        return executor_from_spec(spec)
+    except (ValueError, ImportError) as exc:
+        err.print(f"[red]error:[/] --executor: {exc}")
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _close(executor) -> None:
+    close = getattr(executor, "close", None)
+    if close is not None:
+        close()
 
 
 def cmd_init(args) -> int:
@@ -54,6 +69,7 @@ def cmd_consent_import(args) -> int:
         return EXIT_INPUT
     fmt = args.format or consent.detect_format(path.name)
     conn = store.connect(args.db)
+    executor = _executor(args.executor)
     try:
         with path.open("rb") as handle, Progress(
             TextColumn("[bold]importing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -67,13 +83,18 @@ def cmd_consent_import(args) -> int:
                 source=args.source or f"import:{path.name}",
                 region=args.region,
                 workers=args.workers,
-                executor=_executor(args.executor),
+                executor=executor,
             )
     except consent.ImportFileError as exc:
         err.print(f"[red]error:[/] {path.name}: {exc}. Nothing was imported.")
         return EXIT_INPUT
+    except sqlite3.OperationalError as exc:
+        err.print(f"[red]error:[/] the registry could not be written ({exc}). Nothing was imported; "
+                  "fix the cause and run the same import again.")
+        return EXIT_FAILED
     finally:
         conn.close()
+        _close(executor)
     _print_import_report(report, path.name, args.json)
     return EXIT_INPUT if report.invalid_rows else 0
 
@@ -214,6 +235,7 @@ def cmd_serve(args) -> int:
                 "UNSAFE: --unsafe-exact-counts is on. Counts are released EXACTLY, without noise "
                 "or threshold. This leaks individual membership: use only for tests and benchmarks."
             )
+    executor = _executor(args.executor)
     policy = Policy(
         min_list_size=args.min_list_size,
         threshold=args.threshold,
@@ -224,7 +246,7 @@ def cmd_serve(args) -> int:
     config = ServerConfig(
         db=args.db, listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
         client_ca=args.client_ca, insecure=args.insecure, policy=policy, workers=args.workers,
-        executor=_executor(args.executor), identifiers_per_user=args.identifiers_per_user,
+        executor=executor, identifiers_per_user=args.identifiers_per_user,
         epoch_period=args.epoch_hours * 3600, rotate_after_revocation=args.rotate_after_revocation_minutes * 60,
         max_sessions=args.max_sessions, max_sessions_per_advertiser=args.max_sessions_per_advertiser,
         session_timeout=args.session_timeout, grace=args.grace,
@@ -235,6 +257,8 @@ def cmd_serve(args) -> int:
     except (ValueError, OSError, store.RegistryError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return EXIT_USAGE
+    finally:
+        _close(executor)
     return 0
 
 
@@ -264,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--region", default="US", help="default region for national phone numbers (default US)")
     sp.add_argument("--source", help="recorded with each consent event (default import:<file name>)")
     sp.add_argument("--workers", type=_positive_int, help="hashing processes (default: all cores)")
-    sp.add_argument("--executor", help="'local[:N]', 'dask://HOST:PORT' or 'dask-local[:N]'")
+    sp.add_argument("--executor", help=EXECUTOR_HELP)
     sp.add_argument("--json", action="store_true", help="print the report as one JSON object")
     sp.set_defaults(func=cmd_consent_import)
     for action in ("grant", "revoke"):
@@ -313,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--unsafe-exact-counts", action="store_true",
                     help="TESTS AND BENCHMARKS ONLY: release exact counts, no noise, no threshold")
     sp.add_argument("--workers", type=_positive_int, help="processes for X25519 (default: all cores)")
-    sp.add_argument("--executor", help="'local[:N]', 'dask://HOST:PORT' or 'dask-local[:N]'")
+    sp.add_argument("--executor", help=EXECUTOR_HELP)
     sp.add_argument("--identifiers-per-user", type=_positive_int, default=1,
                     help="cap per user and id type in the table; the noise sensitivity (default 1)")
     sp.add_argument("--min-list-size", type=_positive_int, default=100)
@@ -338,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except store.RegistryError as exc:
         err.print(f"[red]error:[/] {exc}")
         return EXIT_USAGE
+    except sqlite3.OperationalError as exc:
+        err.print(f"[red]error:[/] registry: {exc}")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -229,7 +229,10 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (a full disk, for one); a
+        # second ROLLBACK would then replace the real error with a confusing one.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

@@ -1,0 +1,297 @@
+"""RESULTS.md: figures, the targets they are read against, and how they were produced.
+
+Targets are reported as met or missed here, never asserted: on a shared machine only
+ratios measured in the same run are meaningful, and even those are noisy.
+"""
+
+from __future__ import annotations
+
+from .inputs import SEED
+from .plots import PRIMITIVES
+from .systems import BASELINE
+
+__all__ = ["render"]
+
+APPLY_TARGET = 0.85  # of the openssl rate per core
+SCALING_TARGET = 0.9  # of linear speed-up: 1.8x on 2 cores
+HASH_TARGET = 1.2  # X25519 operations per hash_to_curve
+COUNT_TARGET = 3.0  # seconds for 1M against 10M
+COUNT_TARGET_SIZES = (1_000_000, 10_000_000)
+
+
+def _size(x: int) -> str:
+    if x >= 1_000_000 and x % 1_000_000 == 0:
+        return f"{x // 1_000_000}M"
+    if x >= 1_000 and x % 1_000 == 0:
+        return f"{x // 1_000}k"
+    return f"{x:,}"
+
+
+def _secs(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.3f}"
+
+
+def _bytes(x: float) -> str:
+    return f"{x / 2**20:.2f} MiB" if x >= 2**20 else f"{x / 2**10:.1f} KiB"
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 2**10:.0f}"
+
+
+def _status(ok: bool) -> str:
+    # callers judge the figure as printed, so a status never contradicts its figure
+    return "met" if ok else "**missed**"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _primitives(p: dict) -> list[str]:
+    openssl = p["openssl_per_core"]
+    by_workers = p["by_workers"]
+    one, most = by_workers[1], max(by_workers)
+    x25519_cpu = 1 / one["apply_own"][1]
+    rows = [
+        ["`openssl speed ecdhx25519`, one core", f"{openssl:,.0f} op/s", "ceiling", ""],
+        [f"the same x {most} cores", f"{openssl * most:,.0f} op/s", "", ""],
+    ]
+    for key, check in (("apply_own", "False"), ("apply_received", "True")):
+        rate = one[key][1]
+        rows.append(
+            [
+                f"`Key.apply`, 1 worker, `check={check}`",
+                f"{rate:,.0f} op/s = {rate / openssl:.1%} of openssl",
+                f">= {APPLY_TARGET:.0%}",
+                _status(round(rate / openssl, 3) >= APPLY_TARGET),
+            ]
+        )
+    if most > 1:
+        for key, check in (("apply_own", "False"), ("apply_received", "True")):
+            speedup = by_workers[most][key][0] / one[key][0]
+            target = SCALING_TARGET * most
+            rows.append(
+                [
+                    f"`Key.apply`, {most} workers, `check={check}`",
+                    f"{by_workers[most][key][0]:,.0f} op/s = {speedup:.2f}x one worker",
+                    f">= {target:.1f}x",
+                    _status(round(speedup, 2) >= target),
+                ]
+            )
+    per_hash = 1 / one["hash_to_curve"][1]
+    rows.append(
+        [
+            "`hash_to_curve`, 1 worker",
+            (
+                f"{one['hash_to_curve'][1]:,.0f} id/s = {per_hash / x25519_cpu:.2f} X25519 "
+                f"(`Key.apply`), {per_hash * openssl:.2f} X25519 (openssl)"
+            ),
+            f"<= {HASH_TARGET} X25519",
+            _status(round(per_hash / x25519_cpu, 2) <= HASH_TARGET),
+        ]
+    )
+    count = p["count"]
+    at_target_size = (count["small"], count["large"]) == COUNT_TARGET_SIZES
+    rows.append(
+        [
+            (
+                f"`count_intersection`, {_size(count['small'])} vs {_size(count['large'])} "
+                "16-byte digests"
+            ),
+            f"{count['seconds']:.3f} s",
+            f"< {COUNT_TARGET:.0f} s at 1M vs 10M",
+            _status(count["seconds"] < COUNT_TARGET) if at_target_size else "not at target size",
+        ]
+    )
+    lines = [
+        "## 1. Core primitives",
+        "",
+        (
+            f"Each figure is the best of {p['repeats']} runs over {p['size']:,} items. One-worker "
+            "rates divide by the process's CPU time, as `openssl speed` does; multi-worker rates "
+            "divide by wall time. `check=True` adds the canonical-encoding and on-curve (Jacobi "
+            "symbol) checks applied to received points."
+        ),
+        "",
+        *_table(["Measure", "Result", "Target", "Status"], rows),
+        "Throughput by number of workers (operations per second, wall clock):",
+        "",
+    ]
+    header = ["workers", *PRIMITIVES.values(), "openssl x workers"]
+    body = [
+        [str(w), *(f"{by_workers[w][k][0]:,.0f}" for k in PRIMITIVES), f"{openssl * w:,.0f}"]
+        for w in sorted(by_workers)
+    ]
+    lines += _table(header, body)
+    lines += ["![Throughput by workers](plots/throughput_vs_workers.png)", ""]
+    return lines
+
+
+def _cpu(row: dict) -> float:
+    return row["cpu_self_s"] + row["cpu_children_s"]
+
+
+def _traffic(row: dict) -> int:
+    return row["bytes_client_to_server"] + row["bytes_server_to_client"]
+
+
+def _largest_peak(row: dict) -> int:
+    return max(row["peak_self_kib"], row["peak_children_kib"])
+
+
+def _systems(c: dict) -> list[str]:
+    rows = c["rows"]
+    pool = c["pool"]
+    lines = [
+        "## 2. Systems on identical inputs",
+        "",
+        (
+            f"Per grid point, `n` client and `m` server e-mail addresses are generated once (seed "
+            f"{SEED}; the overlap is min(n, m) / 2) and saved; every system loads that file in a "
+            "fresh process and computes the intersection size from the raw identifiers, both "
+            "parties included. Counts are checked against the overlap on every run."
+        ),
+        "",
+        ("- **wall**: from the first step to the last, both parties in one process (no network)."),
+        (
+            "- **CPU**: user + sys of the process during the run, plus every child it waited for "
+            "(`RUSAGE_CHILDREN`: psi's pool workers and their forkserver). Starting the pool is "
+            f"included; alone it costs {pool['cpu_children_s']:.2f} s CPU (idle run)."
+        ),
+        (
+            "- **peak MiB**: peak resident memory of the process (`VmHWM`, inputs included; an "
+            f"idle one with the modules loaded takes {_mib(pool['peak_self_kib'])} MiB) and "
+            "`ru_maxrss` of its largest waited-for child."
+        ),
+        (
+            "- **bytes**: consent-psi sends A (32 n) and the sorted truncated set (16 m) "
+            "upstream, T (32 m) downstream; OpenMined PSI sends its request upstream, setup and "
+            "response downstream (serialized protobuf sizes)."
+        ),
+        "",
+    ]
+    body = [
+        [
+            _size(r["n"]),
+            _size(r["m"]),
+            _size(r["overlap"]),
+            r["system"],
+            f"{r['count']:,}",
+            _secs(r["wall_s"]),
+            _secs(_cpu(r)),
+            f"{_mib(r['peak_self_kib'])} / {_mib(r['peak_children_kib'])}",
+            _bytes(r["bytes_client_to_server"]),
+            _bytes(r["bytes_server_to_client"]),
+        ]
+        for r in rows
+    ]
+    header = [
+        "n",
+        "m",
+        "overlap",
+        "system",
+        "count",
+        "wall s",
+        "CPU s",
+        "peak MiB (process / child)",
+        "client to server",
+        "server to client",
+    ]
+    lines += _table(header, body)
+
+    baseline = {(r["n"], r["m"]): r for r in rows if r["system"] == BASELINE}
+    ratios = []
+    for r in rows:
+        base = baseline.get((r["n"], r["m"]))
+        if r["system"] == BASELINE or base is None:
+            continue
+        ratios.append(
+            [
+                _size(r["n"]),
+                _size(r["m"]),
+                r["system"],
+                f"{r['wall_s'] / base['wall_s']:.2f}",
+                f"{_cpu(r) / _cpu(base):.2f}",
+                f"{_traffic(r) / _traffic(base):.2f}",
+                f"{_largest_peak(r) / _largest_peak(base):.2f}",
+            ]
+        )
+    if ratios:
+        lines += [f"Ratios to {BASELINE} (below 1: cheaper than {BASELINE}):", ""]
+        header = ["n", "m", "system", "wall", "CPU", "bytes total", "largest peak RSS"]
+        lines += _table(header, ratios)
+
+    for name in dict.fromkeys(r["system"] for r in rows):
+        own = [r for r in rows if r["system"] == name]
+        steps = list(dict.fromkeys(s for r in own for s in r["steps"]))
+        lines += [f"Steps of {name}, wall seconds:", ""]
+        body = [
+            [
+                _size(r["n"]),
+                _size(r["m"]),
+                *(_secs(r["steps"][s]) if s in r["steps"] else "" for s in steps),
+            ]
+            for r in own
+        ]
+        lines += _table(["n", "m", *(f"`{s}`" for s in steps)], body)
+    if c["skipped"]:
+        lines += ["Skipped:", ""]
+        lines += [
+            f"- {s['system']} at n={_size(s['n'])}, m={_size(s['m'])}: {s['reason']}"
+            for s in c["skipped"]
+        ]
+        lines.append("")
+    lines += ["![Time against m](plots/time_vs_m.png)", ""]
+    return lines
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _dask(rows: list[dict]) -> list[str]:
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    body = [[_cell(r.get(k)) for k in header] for r in rows]
+    return [
+        "## 3. Dask",
+        "",
+        "Rows contributed by `benchmarks/dask_throughput.py`.",
+        "",
+        *_table(header, body),
+    ]
+
+
+def render(results: dict) -> str:
+    env = results["environment"]
+    load = results["load"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by the harness; do not edit by hand (see `benchmarks/README.md`).",
+        "",
+        f"- Command: `{results['command']}` ({'quick' if results['quick'] else 'full'} mode)",
+        (
+            f"- Date: {results['started']:%Y-%m-%d %H:%M} UTC; the harness ran for "
+            f"{results['seconds']:.0f} s"
+        ),
+        (
+            f"- Load average (1 min) at start and end: {load[0]:.2f}, {load[1]:.2f} "
+            "(other tenants' work slows every figure; ratios within a run are steadier)"
+        ),
+        "",
+        *_table(["Machine and libraries", ""], [[k, v] for k, v in env.items()]),
+        *_primitives(results["primitives"]),
+        *_systems(results["comparison"]),
+    ]
+    if results["dask"] is not None:
+        lines += _dask(results["dask"])
+    return "\n".join(lines).rstrip() + "\n"
