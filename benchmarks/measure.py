@@ -72,6 +72,7 @@ def _measure(name: str, path: Path) -> dict:
         "bytes_client_to_server": outcome.bytes_client_to_server,
         "bytes_server_to_client": outcome.bytes_server_to_client,
         "steps": outcome.steps,
+        "process_peaks_kib": outcome.process_peaks_kib,
     }
 
 

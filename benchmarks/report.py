@@ -155,7 +155,12 @@ def _systems(c: dict) -> list[str]:
             "parties included. Counts are checked against the overlap on every run."
         ),
         "",
-        ("- **wall**: from the first step to the last, both parties in one process (no network)."),
+        (
+            "- **wall**: from the first step to the last. `consent-psi` and `openmined-psi` run "
+            "both parties in one process (no network); `consent-psi-grpc` is the product: "
+            "`psi-server consent import`, `psi-server serve` (epoch build) and `psi-match` as "
+            "separate processes over gRPC on loopback."
+        ),
         (
             "- **CPU**: user + sys of the process during the run, plus every child it waited for "
             "(`RUSAGE_CHILDREN`: psi's pool workers and their forkserver). Starting the pool is "
@@ -237,6 +242,16 @@ def _systems(c: dict) -> list[str]:
             for r in own
         ]
         lines += _table(["n", "m", *(f"`{s}`" for s in steps)], body)
+    multi = [r for r in rows if r.get("process_peaks_kib")]
+    if multi:
+        names = list(dict.fromkeys(p for r in multi for p in r["process_peaks_kib"]))
+        lines += ["Peak resident memory per process (MiB, each with its pool workers):", ""]
+        body = [
+            [_size(r["n"]), _size(r["m"]), r["system"],
+             *(_mib(r["process_peaks_kib"][p]) if p in r["process_peaks_kib"] else "" for p in names)]
+            for r in multi
+        ]
+        lines += _table(["n", "m", "system", *names], body)
     if c["skipped"]:
         lines += ["Skipped:", ""]
         lines += [

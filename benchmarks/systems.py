@@ -12,9 +12,7 @@ Registering another system is one decorated function::
     @register("consent-psi-grpc", warm_up=...)
     def consent_psi_grpc(inputs: Inputs) -> Outcome: ...
 
-The end-to-end run over gRPC (client and server as separate processes on loopback)
-belongs here in that form. ``warm_up``, if given, runs in the same process before the
-clock starts.
+``warm_up``, if given, runs in the same process before the clock starts.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import private_set_intersection.python as openmined
 
@@ -30,6 +28,7 @@ from psi import Key, encode_identifiers, hash_to_curve
 from psi.keys import CHUNK
 from psi.protocol import client, server
 
+from .endtoend import run_processes
 from .inputs import ID_TYPE, Inputs
 from .pool import warm_up as warm_up_pool
 
@@ -42,6 +41,7 @@ class Outcome:
     bytes_client_to_server: int
     bytes_server_to_client: int
     steps: dict[str, float]  # seconds per step, in the order run
+    process_peaks_kib: dict[str, int] = field(default_factory=dict)  # for multi-process systems
 
 
 @dataclass(frozen=True)
@@ -135,3 +135,12 @@ def openmined_psi(inputs: Inputs) -> Outcome:
     up = len(request.SerializeToString())
     down = len(setup.SerializeToString()) + len(response.SerializeToString())
     return Outcome(count, up, down, steps.seconds)
+
+
+@register("consent-psi-grpc")
+def consent_psi_grpc(inputs: Inputs) -> Outcome:
+    """The product: ``psi-server`` (import, epoch build, serve) and ``psi-match`` as
+    separate processes over gRPC on loopback, each on all cores."""
+    steps = Steps()
+    count, peaks, up, down = run_processes(inputs.client, inputs.server, steps)
+    return Outcome(count, up, down, steps.seconds, peaks)

@@ -4,8 +4,8 @@ query that turns the ``matchable`` view into table entries.
 An import is staged first and applied in one transaction at the end: a file whose last
 line revokes a consent granted on its first line must never be half applied, and a
 failure (bad disk, killed process) leaves the registry exactly as it was. Hashed points
-are cached as they are computed; they say nothing about consent, and caching them makes
-a re-run after a failure cheap.
+are staged with their rows and inserted in key order at the end, several times faster
+than inserting them in the random order they are computed in.
 """
 
 from __future__ import annotations
@@ -217,8 +217,10 @@ def detect_format(name: str) -> str:
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staging (
     user_id TEXT NOT NULL, id_type TEXT NOT NULL, value_hash BLOB NOT NULL,
-    purpose TEXT NOT NULL, consent TEXT NOT NULL, effective_at TEXT NOT NULL
+    purpose TEXT NOT NULL, consent TEXT NOT NULL, effective_at TEXT NOT NULL,
+    point BLOB  -- the hashed point, where the registry did not have it yet
 )"""
+_ROW = "user_id, id_type, value_hash, purpose, consent, effective_at"
 
 
 def _missing_points(conn: sqlite3.Connection, keys: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -295,12 +297,12 @@ def import_file(
 
     for points in imap(pool, _hash_batch, hash_tasks()):
         records, missing = pending.popleft()
+        fresh = {key: p.tobytes() for key, p in zip(missing, points)}
         with transaction(conn):
             conn.executemany(
-                "INSERT OR IGNORE INTO points (id_type, value_hash, point) VALUES (?, ?, ?)",
-                [(t, h, p.tobytes()) for (t, h), p in zip(missing, points)],
+                "INSERT INTO temp.staging VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*r, fresh.pop((r[1], r[2]), None)) for r in records],
             )
-            conn.executemany("INSERT INTO temp.staging VALUES (?, ?, ?, ?, ?, ?)", records)
         report.points_hashed += len(missing)
         report.imported_rows += len(records)
     report.errors.sort()
@@ -313,10 +315,14 @@ def _apply_staging(conn: sqlite3.Connection, source: str, report: ImportReport) 
         before_ids = conn.execute("SELECT COALESCE(MAX(id), 0) FROM identifiers").fetchone()[0]
         before_events = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_events").fetchone()[0]
         distinct = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT * FROM temp.staging)"
+            f"SELECT COUNT(*) FROM (SELECT DISTINCT {_ROW} FROM temp.staging)"
         ).fetchone()[0]
         report.duplicate_rows = report.imported_rows - distinct
         report.imported_rows = distinct
+        conn.execute(
+            "INSERT OR IGNORE INTO points (id_type, value_hash, point) SELECT id_type, value_hash, "
+            "point FROM temp.staging WHERE point IS NOT NULL ORDER BY id_type, value_hash"
+        )
         conn.execute("INSERT OR IGNORE INTO users (user_id) SELECT DISTINCT user_id FROM temp.staging")
         conn.execute(
             "INSERT OR IGNORE INTO identifiers (user_id, id_type, value_hash) "
@@ -375,43 +381,64 @@ def record_consent(
     return recorded, unknown
 
 
-def _table_query(user_filter: str) -> str:
-    # Each user contributes at most ``cap`` identifiers of a type (the noise sensitivity):
-    # the earliest recorded ones. A value shared by several users appears once.
-    return f"""
-WITH ranked AS (
-    SELECT value_hash,
+def _table_query(user_filter: str, cap: int) -> str:
+    """Rows ``(value_hash, point)`` of the table, from the ``matchable`` view.
+
+    Each user contributes at most ``cap`` identifiers of a type (the noise sensitivity):
+    the earliest recorded ones. ``+id_type`` keeps SQLite from scanning by value (random
+    order, so random lookups of users and purposes); scanning in user order is 7x faster.
+    The common cap of one needs only a grouped minimum, cheaper than a window.
+    """
+    if cap == 1:
+        chosen = f"""
+SELECT MIN(identifier_id) AS id FROM matchable
+ WHERE +id_type = :id_type {user_filter}
+ GROUP BY user_id"""
+    else:
+        chosen = f"""
+SELECT id FROM (
+    SELECT identifier_id AS id,
            ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY identifier_id) AS rank
       FROM matchable
-     WHERE id_type = :id_type {user_filter}
-)
-SELECT DISTINCT r.value_hash, p.point
-  FROM ranked AS r
-  JOIN points AS p ON p.id_type = :id_type AND p.value_hash = r.value_hash
- WHERE r.rank <= :cap
+     WHERE +id_type = :id_type {user_filter}
+) WHERE rank <= :cap"""
+    return f"""
+SELECT i.value_hash, p.point
+  FROM ({chosen}) AS chosen
+  JOIN identifiers AS i ON i.id = chosen.id
+  JOIN points AS p ON p.id_type = i.id_type AND p.value_hash = i.value_hash
 """
+
+
+def iter_table_points(
+    conn: sqlite3.Connection, id_type: str, cap: int, batch: int = 4096
+) -> Iterator[np.ndarray]:
+    """Hashed points of the whole table for ``id_type``, in batches, as they are read.
+
+    A value shared by several users is yielded once per user; the caller removes the
+    repeats (cheaper on the blinded rows than in SQL).
+    """
+    cur = conn.execute(_table_query("", cap), {"id_type": id_type, "cap": cap})
+    while rows := cur.fetchmany(batch):
+        yield np.frombuffer(b"".join(p for _, p in rows), dtype=np.uint8).reshape(-1, 32)
 
 
 def table_points(
     conn: sqlite3.Connection, id_type: str, cap: int, users: list[str] | None = None
 ) -> tuple[list[bytes], np.ndarray]:
-    """Value hashes and hashed points that belong in the table for ``id_type``.
+    """Distinct value hashes and hashed points that belong in the table for ``id_type``.
 
     With ``users``, only the contributions of those users (for incremental updates).
     """
+    params = {"id_type": id_type, "cap": cap}
     if users is None:
-        cur = conn.execute(_table_query(""), {"id_type": id_type, "cap": cap})
-        rows = cur.fetchall()
+        rows = conn.execute(_table_query("", cap), params).fetchall()
     else:
         rows = []
         for i in range(0, len(users), _SQL_VARS):
-            part = users[i : i + _SQL_VARS]
-            names = {f"u{j}": u for j, u in enumerate(part)}
+            names = {f"u{j}": u for j, u in enumerate(users[i : i + _SQL_VARS])}
             flt = "AND user_id IN (%s)" % ",".join(f":{k}" for k in names)
-            rows += conn.execute(
-                _table_query(flt), {"id_type": id_type, "cap": cap, **names}
-            ).fetchall()
-        rows = list(dict.fromkeys(rows))
-    hashes = [h for h, _ in rows]
-    points = np.frombuffer(b"".join(p for _, p in rows), dtype=np.uint8).reshape(-1, 32)
-    return hashes, points
+            rows += conn.execute(_table_query(flt, cap), {**params, **names}).fetchall()
+    unique = dict(rows)
+    points = np.frombuffer(b"".join(unique.values()), dtype=np.uint8).reshape(-1, 32)
+    return list(unique), points

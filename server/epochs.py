@@ -25,10 +25,10 @@ import numpy as np
 from psi import Key
 from psi.identifiers import ID_TYPES
 from psi.parallel import Executor
-from psi.protocol import server as steps
+from psi.protocol import shuffled
 
 from . import store
-from .consent import table_points
+from .consent import iter_table_points, table_points
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,18 @@ class _Table:
     added_pos: dict[bytes, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, id_type: str, base: np.ndarray) -> _Table:
-        keys = np.ascontiguousarray(base[:, :8]).view(np.uint64).ravel()
+    def build(cls, id_type: str, rows: np.ndarray) -> _Table:
+        """Index shuffled rows, dropping repeats (a value shared by several users)."""
+        keys = np.ascontiguousarray(rows[:, :8]).view(np.uint64).ravel()
         order = np.argsort(keys)
-        snap = TableSnapshot(base, np.zeros(len(base), dtype=bool), np.empty((0, 32), np.uint8), 0)
+        same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+        if len(same):
+            first, second = order[same], order[same + 1]
+            repeat = second[(rows[first] == rows[second]).all(axis=1)]
+            if len(repeat):
+                rows = np.delete(rows, repeat, axis=0)
+                return cls.build(id_type, rows)
+        snap = TableSnapshot(rows, np.zeros(len(rows), dtype=bool), np.empty((0, 32), np.uint8), 0)
         return cls(id_type, snap, keys[order], order)
 
     def _base_positions(self, rows: np.ndarray) -> np.ndarray:
@@ -165,21 +173,31 @@ class EpochManager:
         return self.cap
 
     def build(self) -> Epoch:
-        """A new epoch from the registry as of now (one X25519 per table entry)."""
+        """A new epoch from the registry as of now (one X25519 per table entry).
+
+        Rows stream from the registry into the pool, so reading overlaps exponentiating.
+        """
+        key = Key.generate()
         conn = store.connect(self.db_path)
         try:
             conn.execute("BEGIN")  # one read snapshot for the sequence and the tables
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM user_changes").fetchone()[0]
-            points = {t: table_points(conn, t, self.cap)[1] for t in ID_TYPES}
+            tables = {}
+            for id_type in ID_TYPES:
+                parts = list(
+                    key.apply_chunks(
+                        iter_table_points(conn, id_type, self.cap),
+                        self.workers,
+                        executor=self.executor,
+                        check=False,
+                    )
+                )
+                rows = np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)
+                del parts
+                tables[id_type] = _Table.build(id_type, shuffled(rows))
             conn.execute("COMMIT")
         finally:
             conn.close()
-        key = Key.generate()
-        tables = {
-            t: _Table.build(t, steps.build_table(key, p, self.workers, self.executor))
-            for t, p in points.items()
-        }
-        del points
         epoch = Epoch(key, tables, seq, self.clock())
         log.info(
             "epoch %s built: %s",

@@ -85,14 +85,13 @@ BEGIN
 END;
 
 -- Every change that can alter whether a user's identifiers match, in commit order, so a
--- live epoch can apply consent changes incrementally.
+-- live epoch can apply consent changes incrementally. (A new identifier matters only
+-- once it has a purpose, so purposes are tracked rather than identifiers.)
 CREATE TABLE user_changes (
     seq INTEGER PRIMARY KEY,
     user_id TEXT NOT NULL
 );
 CREATE TRIGGER consent_events_changed AFTER INSERT ON consent_events
-BEGIN INSERT INTO user_changes (user_id) VALUES (NEW.user_id); END;
-CREATE TRIGGER identifiers_changed AFTER INSERT ON identifiers
 BEGIN INSERT INTO user_changes (user_id) VALUES (NEW.user_id); END;
 CREATE TRIGGER identifier_purposes_changed AFTER INSERT ON identifier_purposes
 BEGIN
