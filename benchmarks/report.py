@@ -277,11 +277,61 @@ def _dask(rows: list[dict]) -> list[str]:
     header = list(dict.fromkeys(k for r in rows for k in r))
     body = [[_cell(r.get(k)) for k in header] for r in rows]
     return [
-        "## 3. Dask",
+        "## 5. Dask",
         "",
         "Rows contributed by `benchmarks/dask_throughput.py`.",
         "",
         *_table(header, body),
+    ]
+
+
+def _registry(r: dict) -> list[str]:
+    imp, ep = r["import"], r["epoch"]
+    ratio_all = imp["import_rows_per_s"] / imp["hash_per_s_all_workers"]
+    ratio_one = imp["import_rows_per_s"] / imp["hash_per_s_one_worker"]
+    epoch_ratio = ep["epoch_per_s"] / ep["apply_per_s_all_workers"]
+    rows = [
+        ["`psi-server consent import`, with hashing", f"{imp['import_rows_per_s']:,.0f} rows/s",
+         f"{imp['rows']:,} rows in {imp['import_s']:.1f} s; peak {_mib(imp['peak_kib'])} MiB", ""],
+        [f"`hash_to_curve`, {imp['workers']} workers", f"{imp['hash_per_s_all_workers']:,.0f} /s",
+         f"import = {ratio_all:.0%} of it", _status(ratio_all >= 0.8)],
+        ["`hash_to_curve`, 1 worker", f"{imp['hash_per_s_one_worker']:,.0f} /s", f"import = {ratio_one:.0%} of it", ""],
+        ["epoch build (read, exponentiate, shuffle, index)", f"{ep['epoch_per_s']:,.0f} entries/s",
+         f"{ep['entries']:,} entries in {ep['epoch_s']:.1f} s; peak {_mib(ep['peak_kib'])} MiB "
+         f"({_mib(ep['peak_before_build_kib'])} before)", ""],
+        ["`Key.apply`, all workers", f"{ep['apply_per_s_all_workers']:,.0f} /s",
+         f"epoch build = {epoch_ratio:.0%} of it", _status(epoch_ratio >= 0.9)],
+    ]
+    return [
+        "## 3. Registry: import and epoch build",
+        "",
+        ("Every row is one consenting user's account address, so every row is matchable. The "
+         "targets: import at least 80% of `hash_to_curve` throughput, epoch build at least 90% "
+         "of `Key.apply` throughput, both with all workers on the same machine in the same run."),
+        "",
+        *_table(["measure", "rate", "detail", "target"], rows),
+    ]
+
+
+def _load(summary: dict) -> list[str]:
+    def secs(x):
+        return "" if x is None else f"{x:.2f}"
+
+    rows = [[str(summary[k]) for k in ("sessions", "completed", "refused", "other", "wrong_counts")]
+            + [secs(summary["small_p50_s"]), secs(summary["small_p95_s"]), secs(summary["small_max_s"]),
+               ", ".join(f"{x:.2f}" for x in summary["large_s"]), f"{summary['server_peak_mib']:.0f}"]]
+    return [
+        "## 4. Load: concurrent sessions against one server",
+        "",
+        (f"Small and large sessions start at once from several advertisers against one "
+         f"`psi-server` process (limits: {summary['max_sessions']} sessions, "
+         f"{summary['per_advertiser']} per advertiser; noise off so counts are checked). Sessions "
+         "over a limit are refused with RESOURCE_EXHAUSTED. Latency is from opening the session "
+         "to the result, measured by the load generator (one process, all sessions sharing its "
+         "pool)."),
+        "",
+        *_table(["sessions", "completed", "refused", "other", "wrong counts", "small p50 s",
+                 "small p95 s", "small max s", "large s", "server peak MiB"], rows),
     ]
 
 
@@ -306,6 +356,8 @@ def render(results: dict) -> str:
         *_table(["Machine and libraries", ""], [[k, v] for k, v in env.items()]),
         *_primitives(results["primitives"]),
         *_systems(results["comparison"]),
+        *_registry(results["registry"]),
+        *_load(results["load_test"]),
     ]
     if results["dask"] is not None:
         lines += _dask(results["dask"])

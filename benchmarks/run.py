@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import comparison, environment, plots, primitives, report
+from . import comparison, environment, load, plots, primitives, registry, report
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     print("primitives", file=sys.stderr, flush=True)
     measured = primitives.measure(quick=args.quick)
     compared = comparison.run([(n, m) for n in ns for m in ms], args.max_point_seconds)
+    print("registry", file=sys.stderr, flush=True)
+    registry_figures = registry.run(args.quick)
+    print("load", file=sys.stderr, flush=True)
+    if args.quick:
+        load_figures = load.run_load(users=2_000, small=16, large=1, large_size=4_000).summary()
+    else:
+        load_figures = load.run_load(users=100_000, small=32, large=2, large_size=100_000, workers=2).summary()
     dask_rows = _dask(args.quick)
 
     (HERE / "plots").mkdir(exist_ok=True)
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         "primitives": measured,
         "comparison": compared,
         "dask": dask_rows,
+        "registry": registry_figures,
+        "load_test": load_figures,
     }
     (HERE / "RESULTS.md").write_text(report.render(results))
     print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)

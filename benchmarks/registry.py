@@ -1,0 +1,111 @@
+"""The platform's bulk work: consent import (with hashing) and the epoch table build,
+each against the core primitive it is bound by, measured side by side in one process.
+
+    python -m benchmarks.registry import ROWS DB     # prints JSON
+    python -m benchmarks.registry epoch DB           # prints JSON
+
+Each phase runs in a fresh process so its peak memory (``VmHWM``) is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from psi import Key, hash_to_curve
+from psi.parallel import get_executor
+from psi_server import consent, store
+from psi_server.epochs import EpochManager
+from psi_server.synthetic import write_csv
+
+from .pool import warm_up
+
+__all__ = ["run"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _peak_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+def _rows(n: int):
+    # every user consented, one account address each: every row is matchable
+    for i in range(n):
+        yield (f"user-{i:09d}", "email", f"person{i}@example.com", "account", "granted", "2026-01-01T00:00:00Z")
+
+
+def _import(rows: int, db: Path) -> dict:
+    warm_up()
+    workers = get_executor().workers
+    with tempfile.TemporaryDirectory(prefix="psi-reg-") as tmp:
+        csv_path = Path(tmp) / "users.csv"
+        write_csv(_rows(rows), csv_path)
+        sample = [b"email\x00" + i.to_bytes(32, "little") for i in range(min(rows, 200_000))]
+        start = time.perf_counter()
+        hash_to_curve(sample)
+        hash_all = len(sample) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        hash_to_curve(sample[:20_000], workers=1)
+        hash_one = 20_000 / (time.perf_counter() - start)
+        store.init(db)
+        conn = store.connect(db)
+        start = time.perf_counter()
+        with csv_path.open("rb") as f:
+            report = consent.import_file(conn, f, "csv", "bench")
+        seconds = time.perf_counter() - start
+        conn.close()
+    assert report.imported_rows == rows and not report.invalid_rows
+    return {"rows": rows, "workers": workers, "import_s": seconds, "import_rows_per_s": rows / seconds,
+            "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one, "peak_kib": _peak_kib()}
+
+
+def _epoch(db: Path) -> dict:
+    warm_up()
+    conn = store.connect(db)
+    _, points = consent.table_points(conn, "email", 1)
+    conn.close()
+    start = time.perf_counter()
+    Key.generate().apply(points, check=False)
+    apply_rate = len(points) / (time.perf_counter() - start)
+    del points
+    base = _peak_kib()
+    start = time.perf_counter()
+    epoch = EpochManager(str(db)).build()
+    seconds = time.perf_counter() - start
+    entries = epoch.tables["email"].snapshot.size
+    return {"entries": entries, "epoch_s": seconds, "epoch_per_s": entries / seconds,
+            "apply_per_s_all_workers": apply_rate, "peak_kib": _peak_kib(), "peak_before_build_kib": base}
+
+
+def _child(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.registry", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def run(quick: bool) -> dict:
+    rows = 20_000 if quick else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="psi-reg-db-") as tmp:
+        db = Path(tmp) / "registry.db"
+        return {"import": _child("import", str(rows), str(db)), "epoch": _child("epoch", str(db))}
+
+
+def main() -> None:
+    phase, *rest = sys.argv[1:]
+    if phase == "import":
+        figures = _import(int(rest[0]), Path(rest[1]))
+    elif phase == "epoch":
+        figures = _epoch(Path(rest[0]))
+    else:
+        raise SystemExit(__doc__)
+    json.dump(figures, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
