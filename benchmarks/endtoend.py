@@ -17,11 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psi_server.service import wait_serving
 
 __all__ = ["run_processes"]
 
@@ -55,20 +53,10 @@ def _run(args: list[str], log: Path) -> tuple[str, int]:
 
 
 def _wait_serving(address: str, proc: subprocess.Popen, log: Path, timeout: float = 7200) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as chan:
-        stub = health_pb2_grpc.HealthStub(chan)
-        request = health_pb2.HealthCheckRequest(service="psi.v1.Matcher")
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited during start-up; see {log}")
-            try:
-                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError("the server did not become ready")
+    try:
+        wait_serving(address, timeout, alive=lambda: proc.poll() is None)
+    except RuntimeError:
+        raise RuntimeError(f"the server exited during start-up; see {log}") from None
 
 
 def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dict[str, int], int, int]:

@@ -6,11 +6,11 @@ rule they broke, never by content.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 from psi.identifiers import EncodedList, encode_identifiers
+from psi.records import NOT_UTF8, csv_records, decoded_lines
 
 __all__ = ["InputError", "read_list"]
 
@@ -19,47 +19,36 @@ class InputError(Exception):
     """The file as a whole cannot be used (missing, no such column, empty)."""
 
 
-def _lines(path: Path, bad: dict[int, str]) -> Iterator[str]:
+def _raw(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                bad[number] = "not valid UTF-8"
-                yield raw.decode("utf-8", errors="replace")
+        yield from handle
 
 
 def _plain_rows(path: Path, bad: dict[int, str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(_lines(path, bad), start=1):
+    for number, line in decoded_lines(_raw(path)):
+        if line is None:
+            bad[number] = NOT_UTF8
+            continue
         value = line.strip().lstrip("\ufeff") if number == 1 else line.strip()
-        if value and number not in bad:
+        if value:
             yield number, value
 
 
 def _csv_rows(path: Path, column: str, bad: dict[int, str]) -> Iterator[tuple[int, str]]:
-    reader = csv.reader(_lines(path, bad))
-    try:
-        header = [h.strip().lstrip("\ufeff") for h in next(reader)]
-    except StopIteration:
-        raise InputError(f"{path.name} is empty (expected a header line)") from None
+    records = csv_records(_raw(path))
+    first = next(records, None)
+    if first is None or first[2]:
+        raise InputError(f"{path.name} has no readable header line")
+    header = [h.strip().lstrip("\ufeff") for h in first[1]]
     if column not in header:
         raise InputError(f"{path.name} has no column {column!r} (columns: {', '.join(header)})")
     index = header.index(column)
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            bad[start] = "malformed CSV"
-            continue
-        if not fields or any(n in bad for n in range(start, reader.line_num + 1)):
-            continue
-        if len(fields) <= index:
+    for start, fields, problem in records:
+        if problem:
+            bad[start] = problem
+        elif len(fields) <= index:
             bad[start] = f"row has no field {column!r}"
-            continue
-        if fields[index].strip():
+        elif fields[index].strip():
             yield start, fields[index]
 
 

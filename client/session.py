@@ -174,6 +174,16 @@ def _match(config, id_type, encoded, epsilon, progress, chan) -> MatchResult:
     returned_q: queue.Queue = queue.Queue()
     abandon = threading.Event()
 
+    def stream(rows: np.ndarray, step: int, name: str, wrap) -> Iterator[pb.ClientMessage]:
+        progress.start(name, len(rows))
+        step = max(1, step)
+        for i in range(0, len(rows), step):
+            if abandon.is_set():
+                return
+            part = rows[i : i + step]
+            yield wrap(part.tobytes())
+            progress.advance(name, len(part))
+
     def requests() -> Iterator[pb.ClientMessage]:
         yield pb.ClientMessage(open=pb.Open(
             protocol_version=PROTOCOL_VERSION, id_type=id_type, n_items=len(blinded), epsilon=epsilon
@@ -181,25 +191,13 @@ def _match(config, id_type, encoded, epsilon, progress, chan) -> MatchResult:
         accepted = accepted_q.get()
         if accepted is None:
             return
-        step = max(1, accepted.max_points_per_message)
-        progress.start("uploading", len(blinded))
-        for i in range(0, len(blinded), step):
-            if abandon.is_set():
-                return
-            part = blinded[i : i + step]
-            yield pb.ClientMessage(blinded=pb.Points(points=part.tobytes()))
-            progress.advance("uploading", len(part))
+        yield from stream(blinded, accepted.max_points_per_message, "uploading",
+                          lambda data: pb.ClientMessage(blinded=pb.Points(points=data)))
         returned = returned_q.get()
         if returned is None:
             return
-        step = max(1, accepted.max_digests_per_message)
-        progress.start("returning", len(returned))
-        for i in range(0, len(returned), step):
-            if abandon.is_set():
-                return
-            part = returned[i : i + step]
-            yield pb.ClientMessage(returned=pb.Digests(digests=part.tobytes()))
-            progress.advance("returning", len(part))
+        yield from stream(returned, accepted.max_digests_per_message, "returning",
+                          lambda data: pb.ClientMessage(returned=pb.Digests(digests=data)))
 
     stub = pb_grpc.MatcherStub(chan)
     call = stub.Match(requests(), metadata=_metadata(config), timeout=config.timeout)

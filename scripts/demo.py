@@ -13,14 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
+from psi_server.service import wait_serving
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
 USERS = 20_000
@@ -36,23 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_serving(address: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as chan:
-        stub = health_pb2_grpc.HealthStub(chan)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("the server exited during start-up; see demo-run/server.log")
-            try:
-                req = health_pb2.HealthCheckRequest(service="psi.v1.Matcher")
-                if stub.Check(req, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise SystemExit("the server did not become ready in time; see demo-run/server.log")
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -80,7 +61,10 @@ def main() -> None:
     server = subprocess.Popen(SERVER + ["serve", "--db", str(db), "--listen", address, "--insecure"],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_serving(address, server)
+        try:
+            wait_serving(address, alive=lambda: server.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"{exc}; see demo-run/server.log") from None
         out.print(f"server listening on {address} (log: demo-run/server.log)")
         out.rule("[bold]advertiser side")
         listing = advertiser_list(syn, LIST, overlap=0.6, seed=7)

@@ -10,7 +10,6 @@ than inserting them in the random order they are computed in.
 
 from __future__ import annotations
 
-import csv
 from collections import deque
 import json
 import re
@@ -25,6 +24,7 @@ from psi import hash_to_curve
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import ID_TYPES, encode_identifier
 from psi.parallel import Executor, get_executor, imap
+from psi.records import NOT_UTF8, csv_records, decoded_lines
 
 from .store import transaction
 
@@ -133,49 +133,26 @@ def _check_row(fields: tuple, region: str | None) -> tuple:
     return user_id, id_type, value_hash, purpose, consent, when
 
 
-def _decoded_lines(raw: Iterable[bytes], bad_lines: set[int]) -> Iterator[str]:
-    for number, line in enumerate(raw, start=1):
-        try:
-            yield line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad_lines.add(number)
-            yield line.decode("utf-8", errors="replace")
-
-
 def _csv_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[int, tuple]]:
-    bad: set[int] = set()
-    reader = csv.reader(_decoded_lines(raw, bad), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ImportFileError("the file is empty (expected a header line)") from None
-    except csv.Error as exc:
-        raise ImportFileError(f"line 1: unreadable header ({exc})") from None
+    records = csv_records(raw)
+    first = next(records, None)
+    if first is None:
+        raise ImportFileError("the file is empty (expected a header line)")
+    _, header, problem = first
+    if problem:
+        raise ImportFileError(f"line 1: unreadable header ({problem})")
     header = [h.strip().lstrip("\ufeff") for h in header]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise ImportFileError(
             f"missing column(s) {', '.join(missing)}; the header must name {', '.join(COLUMNS)}"
         )
-    if 1 in bad:
-        raise ImportFileError("line 1: header is not valid UTF-8")
     width = len(header)
     order = [header.index(c) for c in COLUMNS]
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            report.rows += 1
-            report.error(start, f"malformed CSV ({exc})")
-            continue
-        if not fields:
-            continue  # blank line
+    for start, fields, problem in records:
         report.rows += 1
-        if any(n in bad for n in range(start, reader.line_num + 1)):
-            report.error(start, "not valid UTF-8")
+        if problem:
+            report.error(start, problem)
         elif len(fields) != width:
             report.error(start, f"expected {width} fields, got {len(fields)}")
         else:
@@ -183,14 +160,12 @@ def _csv_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[int,
 
 
 def _jsonl_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[int, tuple]]:
-    for number, line in enumerate(raw, start=1):
-        if not line.strip():
+    for number, text in decoded_lines(raw):
+        if text is not None and not text.strip():
             continue
         report.rows += 1
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            report.error(number, "not valid UTF-8")
+        if text is None:
+            report.error(number, NOT_UTF8)
             continue
         try:
             obj = json.loads(text)

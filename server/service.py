@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .session import Policy, SessionError, run_session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerConfig", "MatcherService", "is_loopback", "start_server"]
+__all__ = ["MatcherService", "ServerConfig", "is_loopback", "start_server", "wait_serving"]
 
 SERVICE_NAME = "psi.v1.Matcher"
 MAX_RECEIVE_BYTES = 1 << 20  # a chunk of points or digests is at most 512 KiB
@@ -246,6 +247,33 @@ def _rotator(running: RunningServer, poll: float = 5.0) -> None:
                 running.epochs.rotate()
             except Exception:
                 log.exception("epoch rotation failed; keeping the current epoch")
+
+
+def wait_serving(
+    address: str,
+    timeout: float = 120.0,
+    credentials: grpc.ChannelCredentials | None = None,
+    alive=lambda: True,
+) -> None:
+    """Block until the server at ``address`` reports SERVING on the health service.
+
+    ``alive`` lets a caller that started the server as a process give up as soon as the
+    process exits. Raises ``TimeoutError`` or ``RuntimeError``.
+    """
+    deadline = time.monotonic() + timeout
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError(f"the server at {address} exited while starting")
+            try:
+                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"the server at {address} did not become ready within {timeout:.0f} s")
 
 
 def serve_forever(config: ServerConfig) -> None:

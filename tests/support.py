@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -16,9 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from psi_server import advertisers, consent, store
+from psi_server.service import wait_serving
 from psi_server.synthetic import write_csv
 
 SERVER = [sys.executable, "-m", "psi_server.cli"]
@@ -47,22 +46,6 @@ def make_registry(tmp: Path, rows, budget: float = 100.0, name="acme") -> tuple[
     return str(db), token_file
 
 
-def wait_serving(address: str, timeout: float = 60.0, credentials=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        chan = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-        try:
-            reply = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service="psi.v1.Matcher"), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        finally:
-            chan.close()
-        time.sleep(0.2)
-    raise TimeoutError(f"server at {address} did not become SERVING")
-
-
 class ServerProcess:
     """``psi-server serve`` as a real process on a loopback port."""
 
@@ -86,8 +69,8 @@ class ServerProcess:
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            wait_serving(self.address, credentials=creds)
-        except TimeoutError:
+            wait_serving(self.address, 60, creds, alive=lambda: self.proc.poll() is None)
+        except (TimeoutError, RuntimeError):
             self.stop()
             raise RuntimeError("server failed to start:\n" + self.log_path.read_text())
 
