@@ -74,7 +74,7 @@ def run_load(
     small_size: int = 150,
     large_size: int = 20_000,
     advertiser_count: int = 8,
-    max_sessions: int = 16,
+    max_sessions: int = 18,
     per_advertiser: int = 2,
     workers: int = 1,
     client_workers: int | None = None,
