@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from psi_server.service import wait_serving
@@ -33,23 +33,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reap(proc: subprocess.Popen) -> tuple[int, int]:
-    """Wait for ``proc``; returns its exit code and peak resident KiB (with its own
-    waited-for children, e.g. the pool workers)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss
+def _hwm_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(status.split("VmHWM:")[1].split()[0]) if "VmHWM:" in status else 0
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found += map(int, kids)
+        todo += map(int, kids)
+    return found
+
+
+class _PeakMemory(threading.Thread):
+    """Samples ``VmHWM`` of a process and of its descendants (pool workers) while it runs.
+
+    Not ``ru_maxrss`` from ``wait4``: on Linux a child started by fork and exec reports
+    at least the peak of the parent it was forked from, which here holds the inputs.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.main_kib = 0
+        self.worker_kib = 0
+        self._stop_event = threading.Event()
+        self.start()
+
+    def sample(self) -> None:
+        self.main_kib = max(self.main_kib, _hwm_kib(self.pid))
+        for child in _descendants(self.pid):
+            self.worker_kib = max(self.worker_kib, _hwm_kib(child))
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.05):
+            self.sample()
+
+    def stop(self) -> int:
+        """Largest peak of one process in the tree."""
+        self._stop_event.set()
+        self.join()
+        return max(self.main_kib, self.worker_kib)
 
 
 def _run(args: list[str], log: Path) -> tuple[str, int]:
+    """Run to completion; returns stdout and the largest per-process peak (KiB)."""
     with log.open("ab") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+        peak = _PeakMemory(proc.pid)
         out = proc.stdout.read().decode()
         proc.stdout.close()
-        code, peak = _reap(proc)
+        # the last samples before exit: the process is done reading, its peak is reached
+        peak.sample()
+        code = proc.wait()
     if code != 0:
         raise RuntimeError(f"{' '.join(args[2:4])} failed ({code}); see {log}")
-    return out, peak
+    return out, peak.stop()
 
 
 def _wait_serving(address: str, proc: subprocess.Popen, log: Path, timeout: float = 7200) -> None:
@@ -87,11 +135,12 @@ def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dic
                           "--session-timeout", "86400"],
                 stdout=err, stderr=err,
             )
+            server_peak = _PeakMemory(server_proc.pid)
             try:
                 _wait_serving(address, server_proc, log)
             except BaseException:
                 server_proc.kill()
-                _reap(server_proc)
+                server_proc.wait()
                 raise
         try:
             with steps("session (psi-match)"):
@@ -102,8 +151,10 @@ def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dic
                     log,
                 )
         finally:
+            server_peak.sample()
             server_proc.send_signal(signal.SIGTERM)
-            _, peaks["server"] = _reap(server_proc)
+            server_proc.wait()
+            peaks["server"] = server_peak.stop()
         result = json.loads(out.strip().splitlines()[-1])
         n, m = result["n_distinct"], result["table_size"]
         return int(result["noisy_count"]), peaks, 32 * n + 16 * m, 32 * m

@@ -23,7 +23,7 @@ from psi_client.session import ClientConfig, MatchFailed, match
 from psi_server import advertisers, consent, store
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
-from .endtoend import SERVER, _free_port, _reap, _wait_serving
+from .endtoend import SERVER, _free_port, _wait_serving
 
 __all__ = ["LoadResult", "run_load"]
 
@@ -152,7 +152,7 @@ def run_load(
             result.server_peak_kib = _rss_kib(proc.pid, "VmHWM")
         finally:
             proc.send_signal(signal.SIGTERM)
-            _reap(proc)
+            proc.wait()
     return result
 
 

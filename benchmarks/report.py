@@ -245,7 +245,8 @@ def _systems(c: dict) -> list[str]:
     multi = [r for r in rows if r.get("process_peaks_kib")]
     if multi:
         names = list(dict.fromkeys(p for r in multi for p in r["process_peaks_kib"]))
-        lines += ["Peak resident memory per process (MiB, each with its pool workers):", ""]
+        lines += ["Peak resident memory of the largest single process in each tree (MiB; "
+                  "sampled `VmHWM` of the main process and its pool workers):", ""]
         body = [
             [_size(r["n"]), _size(r["m"]), r["system"],
              *(_mib(r["process_peaks_kib"][p]) if p in r["process_peaks_kib"] else "" for p in names)]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from psi.identifiers import EncodedList, encode_identifiers
-from psi.records import NOT_UTF8, csv_records, decoded_lines
+from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 __all__ = ["InputError", "read_list"]
 
@@ -65,6 +65,9 @@ def read_list(
         raise InputError(f"{path} is not a readable file")
     bad: dict[int, str] = {}
     rows = _csv_rows(path, column, bad) if column else _plain_rows(path, bad)
-    result = encode_identifiers(id_type, rows, prehashed=prehashed, region=region)
+    try:
+        result = encode_identifiers(id_type, rows, prehashed=prehashed, region=region)
+    except MalformedFile as exc:
+        raise InputError(f"{path.name}: {exc}; fix the quoting and try again") from None
     result.invalid = sorted(result.invalid + list(bad.items()))
     return result

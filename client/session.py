@@ -113,7 +113,7 @@ def _failed(exc: grpc.RpcError) -> MatchFailed:
         return MatchFailed("budget", detail)
     if reason in ("busy", "concurrency"):
         return MatchFailed("busy", detail)
-    if reason == "list_too_small":
+    if reason in ("list_too_small", "list_too_large"):
         return MatchFailed("input", detail)
     if code == grpc.StatusCode.UNAVAILABLE:
         detail = f"server unavailable at this address ({detail})"

@@ -51,8 +51,8 @@ def normalize_email(value: str) -> str:
         raise InvalidIdentifierError("email", "domain must be a dotted name")
     if ".." in domain:
         raise InvalidIdentifierError("email", "domain has an empty label")
-    if _EMAIL_FORBIDDEN.search(email):
-        raise InvalidIdentifierError("email", "contains whitespace or a forbidden character")
+    if _EMAIL_FORBIDDEN.search(email) or not email.isprintable():
+        raise InvalidIdentifierError("email", "contains whitespace, a control or a forbidden character")
     return email
 
 

@@ -10,9 +10,23 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 
-__all__ = ["csv_records", "decoded_lines"]
+__all__ = ["MalformedFile", "csv_records", "decoded_lines"]
 
 NOT_UTF8 = "not valid UTF-8"
+# The csv module refuses fields over 128 KiB and then resumes on the next line, which may
+# be inside the refused field. Oversized fields are instead read whole and rejected by
+# the callers' length rules, on their own row.
+FIELD_LIMIT = 16 << 20
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+
+
+class MalformedFile(ValueError):
+    """The CSV structure is broken at ``line``: nothing after it can be trusted to be
+    split into the records the author meant, so the file is refused as a whole."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: malformed CSV ({reason})")
+        self.line = line
 
 
 def decoded_lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | None]]:
@@ -28,16 +42,20 @@ def csv_records(raw: Iterable[bytes]) -> Iterator[tuple[int, list[str] | None, s
     """``(first line, fields, problem)`` for each non-blank CSV record, header included.
 
     A record spans several lines when a quoted field holds a newline; its number is the
-    line it starts on. ``problem`` names what is wrong, never the content.
+    line it starts on. ``problem`` names what is wrong with a record, never its content.
+    Raises ``MalformedFile`` where the quoting itself is broken.
     """
     bad: set[int] = set()
 
     def text() -> Iterator[str]:
-        for number, line in decoded_lines(raw):
-            if line is None:
+        for number, line in enumerate(raw, start=1):
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                # Decoded with replacements, so quotes and newlines keep their places
+                # and the record around this line stays one record; it is reported.
                 bad.add(number)
-                line = "\n"  # keeps the reader's line count; the record is reported
-            yield line
+                yield line.decode("utf-8", errors="replace")
 
     reader = csv.reader(text(), strict=True)
     while True:
@@ -47,9 +65,8 @@ def csv_records(raw: Iterable[bytes]) -> Iterator[tuple[int, list[str] | None, s
         except StopIteration:
             return
         except csv.Error as exc:
-            yield start, None, f"malformed CSV ({exc})"
-            continue
+            raise MalformedFile(start, str(exc)) from None
         if any(n in bad for n in range(start, reader.line_num + 1)):
             yield start, None, NOT_UTF8
-        elif fields:
+        elif fields and not (len(fields) == 1 and not fields[0].strip()):  # blank lines
             yield start, fields, None

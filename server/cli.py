@@ -238,6 +238,7 @@ def cmd_serve(args) -> int:
     executor = _executor(args.executor)
     policy = Policy(
         min_list_size=args.min_list_size,
+        max_list_size=args.max_list_size,
         threshold=args.threshold,
         epsilon_min=args.epsilon_min,
         epsilon_max=args.epsilon_max,
@@ -341,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--identifiers-per-user", type=_positive_int, default=1,
                     help="cap per user and id type in the table; the noise sensitivity (default 1)")
     sp.add_argument("--min-list-size", type=_positive_int, default=100)
+    sp.add_argument("--max-list-size", type=_positive_int, default=10_000_000,
+                    help="largest list accepted (the server holds 16 bytes per item per session)")
     sp.add_argument("--threshold", type=int, default=100, help="counts below this are reported as 'fewer than'")
     sp.add_argument("--epsilon-min", type=float, default=0.01)
     sp.add_argument("--epsilon-max", type=float, default=1.0)

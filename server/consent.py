@@ -24,7 +24,7 @@ from psi import hash_to_curve
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import ID_TYPES, encode_identifier
 from psi.parallel import Executor, get_executor, imap
-from psi.records import NOT_UTF8, csv_records, decoded_lines
+from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .store import transaction
 
@@ -68,7 +68,8 @@ class ImportReport:
             self.errors.append((line, reason))
 
 
-_CANONICAL_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z")
+# ASCII: \d alone also matches other scripts' digits, which would be stored as they are.
+_CANONICAL_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z", re.ASCII)
 
 
 def parse_time(text: str) -> str:
@@ -89,7 +90,12 @@ def parse_time(text: str) -> str:
         raise ValueError("updated_at is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise ValueError("updated_at has no timezone (add Z or an offset)")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("updated_at is outside years 1-9999 in UTC") from None
+    # Not strftime: its %Y does not pad years before 1000, which breaks text order.
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def now_utc() -> str:
@@ -130,6 +136,8 @@ def _check_row(fields: tuple, region: str | None) -> tuple:
         value_hash = _value_hash(id_type, identifier.strip(), region)
     except InvalidIdentifierError as exc:
         raise ValueError(f"identifier: {exc}") from None
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"); the codec's message quotes it
+        raise ValueError("identifier is not valid Unicode") from None
     return user_id, id_type, value_hash, purpose, consent, when
 
 
@@ -171,6 +179,9 @@ def _jsonl_rows(raw: Iterable[bytes], report: ImportReport) -> Iterator[tuple[in
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             report.error(number, f"not valid JSON ({exc.msg})")
+            continue
+        except (ValueError, RecursionError):  # int() refuses 4300+ digits; nesting recurses
+            report.error(number, "not valid JSON (a number or nesting beyond the parser's limits)")
             continue
         if not isinstance(obj, dict):
             report.error(number, "not a JSON object")
@@ -257,6 +268,18 @@ def import_file(
     report = ImportReport()
     rows = _jsonl_rows(raw, report) if fmt == "jsonl" else _csv_rows(raw, report)
     pool = executor if executor is not None else get_executor(workers)
+    try:
+        _stage(conn, rows, report, region, pool)
+    except MalformedFile as exc:
+        conn.execute("DELETE FROM temp.staging")
+        raise ImportFileError(str(exc)) from None
+    report.errors.sort()
+    _apply_staging(conn, source, report)
+    return report
+
+
+def _stage(conn, rows, report: ImportReport, region, pool) -> None:
+    """Validate, hash and stage every row (the registry's tables are not touched)."""
     conn.execute(_STAGING)
     conn.execute("DELETE FROM temp.staging")
     validated = imap(pool, _validate_batch, ((b, region) for b in _chunks(rows, BATCH)))
@@ -280,9 +303,6 @@ def import_file(
             )
         report.points_hashed += len(missing)
         report.imported_rows += len(records)
-    report.errors.sort()
-    _apply_staging(conn, source, report)
-    return report
 
 
 def _apply_staging(conn: sqlite3.Connection, source: str, report: ImportReport) -> None:

@@ -14,9 +14,11 @@ import time
 from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psi.parallel import Executor
@@ -92,6 +94,10 @@ class _Slots:
                 )
             self._by_advertiser[advertiser_id] += 1
 
+    def active(self) -> int:
+        with self._lock:
+            return sum(self._by_advertiser.values())
+
     def release(self, advertiser_id: int) -> None:
         with self._lock:
             self._by_advertiser[advertiser_id] -= 1
@@ -121,6 +127,9 @@ class MatcherService(pb_grpc.MatcherServicer):
         context.abort(getattr(grpc.StatusCode, err.code), err.message)
 
     def Match(self, request_iterator, context):
+        """One session. Requests arrive as raw bytes (see ``_handlers``) and are parsed
+        here, so that a message that does not decode ends the session with
+        INVALID_ARGUMENT rather than gRPC's generic INTERNAL."""
         try:
             adv = self._authenticate(context)
             self.slots.acquire(adv.id)
@@ -128,10 +137,21 @@ class MatcherService(pb_grpc.MatcherServicer):
             self._abort(context, err)
         timer = threading.Timer(self.config.session_timeout, context.cancel)
         timer.daemon = True
+        ended = threading.Lock()
+
+        def end() -> None:
+            # Runs once, either when the handler finishes or when gRPC reports the call
+            # over: a client that cancels while the table streams leaves this generator
+            # suspended, and its finally block would then never run.
+            if ended.acquire(blocking=False):
+                timer.cancel()
+                self.slots.release(adv.id)
+
+        context.add_callback(end)
         timer.start()
         try:
             yield from run_session(
-                request_iterator,
+                _decoded(request_iterator),
                 adv,
                 self.config.db,
                 self.epochs,
@@ -150,8 +170,7 @@ class MatcherService(pb_grpc.MatcherServicer):
                 log.exception("session for %s failed", adv.name)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; nothing was charged")
         finally:
-            timer.cancel()
-            self.slots.release(adv.id)
+            end()
 
     def GetBudget(self, request, context):
         try:
@@ -170,6 +189,35 @@ class MatcherService(pb_grpc.MatcherServicer):
             epsilon_remaining=st.remaining,
             period_days=st.period_days,
         )
+
+
+def _decoded(raw_messages) -> Iterator[pb.ClientMessage]:
+    for raw in raw_messages:
+        msg = pb.ClientMessage()
+        try:
+            msg.ParseFromString(raw)
+        except DecodeError:
+            raise SessionError("INVALID_ARGUMENT", "a message is not a valid psi.v1.ClientMessage") from None
+        yield msg
+
+
+def _handlers(service: MatcherService) -> grpc.GenericRpcHandler:
+    """The generated registration, except that Match takes its requests undecoded."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Match": grpc.stream_stream_rpc_method_handler(
+                service.Match,
+                request_deserializer=bytes,
+                response_serializer=pb.ServerMessage.SerializeToString,
+            ),
+            "GetBudget": grpc.unary_unary_rpc_method_handler(
+                service.GetBudget,
+                request_deserializer=pb.GetBudgetRequest.FromString,
+                response_serializer=pb.Budget.SerializeToString,
+            ),
+        },
+    )
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -191,6 +239,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     epochs: EpochManager
+    service: MatcherService
     stop_event: threading.Event
 
     def stop(self, grace: float) -> None:
@@ -220,7 +269,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
         maximum_concurrent_rpcs=2 * config.max_sessions + 8,
     )
-    pb_grpc.add_MatcherServicer_to_server(MatcherService(config, epochs), server)
+    service = MatcherService(config, epochs)
+    server.add_generic_rpc_handlers((_handlers(service),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -235,7 +285,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     epochs.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health_servicer, epochs, threading.Event())
+    running = RunningServer(server, port, health_servicer, epochs, service, threading.Event())
     threading.Thread(target=_rotator, args=(running,), daemon=True, name="epoch-rotation").start()
     return running
 

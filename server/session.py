@@ -48,6 +48,7 @@ class SessionError(Exception):
 @dataclass(frozen=True)
 class Policy:
     min_list_size: int = 100
+    max_list_size: int = 10_000_000  # the server holds 16 bytes per item for the session
     threshold: int = 100
     epsilon_min: float = 0.01
     epsilon_max: float = 1.0
@@ -90,11 +91,17 @@ def check_open(open_msg: pb.Open, policy: Policy) -> Fraction:
         raise SessionError(
             "INVALID_ARGUMENT", f"unknown id_type (expected one of {', '.join(ID_TYPES)})"
         )
-    if not policy.epsilon_min <= open_msg.epsilon <= policy.epsilon_max:
+    if not policy.epsilon_min <= open_msg.epsilon <= policy.epsilon_max:  # NaN fails too
         raise SessionError(
             "OUT_OF_RANGE",
             f"epsilon {open_msg.epsilon:g} is outside the server's bounds "
             f"[{policy.epsilon_min:g}, {policy.epsilon_max:g}]",
+        )
+    if open_msg.n_items > policy.max_list_size:
+        raise SessionError(
+            "OUT_OF_RANGE",
+            f"lists may hold at most {policy.max_list_size} identifiers, got {open_msg.n_items}",
+            "list_too_large",
         )
     if open_msg.n_items < policy.min_list_size:
         raise SessionError(

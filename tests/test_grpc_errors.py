@@ -2,6 +2,7 @@
 documented status, the server keeps serving, and nothing is charged."""
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -33,6 +34,17 @@ def server(tmp_path_factory):
     yield db, token_file.read_text().strip(), pb_grpc.MatcherStub(chan), running
     chan.close()
     running.stop(1)
+
+
+@pytest.fixture(autouse=True)
+def idle(server):
+    """Each test starts once the sessions of the previous one have ended: a cancelled
+    call ends on the server a moment after the client has moved on."""
+    running = server[3]
+    deadline = time.monotonic() + 10
+    while running.service.slots.active() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running.service.slots.active() == 0
 
 
 def ledger_rows(db) -> int:
@@ -136,6 +148,8 @@ def test_authentication(server, metadata, text):
         (open_msg(version=9), grpc.StatusCode.FAILED_PRECONDITION, "protocol version 9"),
         (open_msg(epsilon=5), grpc.StatusCode.OUT_OF_RANGE, "outside the server's bounds"),
         (open_msg(n=3), grpc.StatusCode.FAILED_PRECONDITION, "at least 100 distinct"),
+        (open_msg(n=2**60), grpc.StatusCode.OUT_OF_RANGE, "at most 10000000 identifiers"),
+        (open_msg(epsilon=float("nan")), grpc.StatusCode.OUT_OF_RANGE, "outside the server's bounds"),
         (pb.ClientMessage(blinded=pb.Points(points=b"x" * 32)), grpc.StatusCode.INVALID_ARGUMENT, "expected an Open"),
     ],
 )
@@ -234,13 +248,29 @@ def test_stream_ends_early(server):
 
 def test_per_advertiser_concurrency_limit(server):
     db, token, stub, _ = server
-    sessions = [Session(stub, token) for _ in range(3)]
-    for s in sessions:
+    running = []
+    for _ in range(2):  # one after the other, so which two are admitted is known
+        s = Session(stub, token)
         s.send(open_msg())
-    for s in sessions[:2]:
         assert next(s.call).HasField("accepted")
-    sessions[2].close()
-    err = expect_status(sessions[2].replies, grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 2 concurrent")
+        running.append(s)
+    third = Session(stub, token)
+    third.send(open_msg())
+    third.close()
+    err = expect_status(third.replies, grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 2 concurrent")
     assert dict(err.trailing_metadata())["psi-reason"] == "concurrency"
-    for s in sessions[:2]:
+    for s in running:
         s.call.cancel()
+
+
+def test_undecodable_message(server):
+    db, token, stub, _ = server
+    chan = grpc.insecure_channel(f"127.0.0.1:{server[3].port}")
+    match = chan.stream_stream("/psi.v1.Matcher/Match", request_serializer=lambda b: b,
+                               response_deserializer=pb.ServerMessage.FromString)
+    before = ledger_rows(db)
+    call = match(iter([open_msg().SerializeToString(), b"\x12\x05abc"]),
+                 metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+    expect_status(lambda: list(call), grpc.StatusCode.INVALID_ARGUMENT, "not a valid psi.v1.ClientMessage")
+    chan.close()
+    assert ledger_rows(db) == before

@@ -51,6 +51,7 @@ def test_email_rules():
         "jane@localhost": "dotted name",
         "jane@example..com": "empty label",
         "ja ne@example.com": "forbidden character",
+        "ja\x00ne@example.com": "control",
         "x" * 250 + "@example.com": "longer than",
     }
     for value, rule in cases.items():

@@ -145,3 +145,18 @@ def test_cli_import_reports_and_exit_code(tmp_path):
     out = subprocess.run(run + ["consent", "import", "--db", str(tmp_path / "none.db"), str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "psi-server init" in out.stderr
+
+
+def test_broken_quoting_refuses_the_whole_file(reg):
+    _, conn = reg
+    data = (HEADER + GOOD + 'u2,email,"bob@example.com"x,account,granted,2026-01-01T00:00:00Z\n'
+            + "u3,email,carol@example.com,account,granted,2026-01-01T00:00:00Z\n").encode()
+    with pytest.raises(consent.ImportFileError, match="line 3: malformed CSV"):
+        run_import(conn, data)
+    assert counts(conn) == (0, 0, 0, 0)
+
+
+def test_blank_and_whitespace_lines_are_not_rows(reg):
+    _, conn = reg
+    report = run_import(conn, (HEADER + "\n   \n" + GOOD + "\t\n").encode())
+    assert (report.rows, report.imported_rows, report.invalid_rows) == (1, 1, 0)
