@@ -72,7 +72,7 @@ class ServerProcess:
             wait_serving(self.address, 60, creds, alive=lambda: self.proc.poll() is None)
         except (TimeoutError, RuntimeError):
             self.stop()
-            raise RuntimeError("server failed to start:\n" + self.log_path.read_text())
+            raise RuntimeError("server failed to start:\n" + self.log_path.read_text()) from None
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -135,7 +135,7 @@ def make_pki(tmp: Path) -> dict:
 
     ca_key, foreign_key = key(), key()
     ca = cert(ca_key, name("test CA"), ca_key, name("test CA"), ca=True)
-    foreign = cert(foreign_key, name("foreign CA"), foreign_key, name("foreign CA"), ca=True)
+    save("foreign_ca", cert(foreign_key, name("foreign CA"), foreign_key, name("foreign CA"), ca=True))
     server_key, client_key, stranger_key = key(), key(), key()
     save("ca", ca)
     save("server_key", server_key)

@@ -1,7 +1,6 @@
 """Malformed and hostile sessions over real gRPC on loopback: each ends with the
 documented status, the server keeps serving, and nothing is charged."""
 
-import threading
 import time
 
 import grpc

@@ -16,15 +16,12 @@ import pytest
 
 from psi import Key, encode_identifier, hash_to_curve
 from psi.intersection import sort_rows, truncate
-from psi_client.session import ClientConfig, MatchFailed, match
 from psi_proto.v1 import matcher_pb2 as pb
 from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
 from psi_server import advertisers, consent, store
-from psi_server.service import ServerConfig, start_server
-from psi_server.session import Policy
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
-from .support import CLIENT, SERVER, ServerProcess, free_port, make_registry, psi_match
+from .support import CLIENT, SERVER, ServerProcess, make_registry, psi_match
 
 pytestmark = pytest.mark.slow
 

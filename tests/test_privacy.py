@@ -8,12 +8,11 @@ import sys
 import threading
 from fractions import Fraction
 
-import grpc
 import pytest
 
 from psi import encode_identifier
-from psi.noise import EPSILON_RESOLUTION, epsilon_fraction, release_count
-from psi_client.session import ClientConfig, MatchFailed, channel, match
+from psi.noise import EPSILON_RESOLUTION, release_count
+from psi_client.session import ClientConfig, MatchFailed, match
 from psi_server import advertisers, budget, store
 from psi_server.service import ServerConfig, start_server
 from psi_server.session import Policy
@@ -182,7 +181,7 @@ def test_no_column_holds_an_exact_count(tmp_path):
     tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     for table in tables:
         keys = {r[3] for r in conn.execute(f"PRAGMA foreign_key_list({table})")}
-        for _, column, ctype, _, _, pk in conn.execute(f"PRAGMA table_info({table})"):
+        for _, column, _, _, _, pk in conn.execute(f"PRAGMA table_info({table})"):
             if pk or column in keys or column == "seq":
                 continue  # row identities, not data
             values = {v for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM {table}") if isinstance(v, int)}

@@ -4,7 +4,6 @@ updates, and the schema."""
 import hashlib
 import io
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
