@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -185,6 +186,12 @@ def run_session(
             )
         except budget.BudgetExhausted as exc:
             raise SessionError("RESOURCE_EXHAUSTED", str(exc), "budget") from None
+        except sqlite3.OperationalError:
+            # the registry stayed locked past its timeout (a long import, a full disk):
+            # the charge rolled back, so nothing is released and nothing was spent
+            raise SessionError(
+                "UNAVAILABLE", "the registry is busy; nothing was charged, retry later", "busy"
+            ) from None
         log.info(
             "session %s advertiser=%s id_type=%s n=%d released%s",
             session_id, advertiser.name, open_msg.id_type, distinct,

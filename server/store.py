@@ -13,6 +13,10 @@ from pathlib import Path
 
 __all__ = ["RegistryError", "SCHEMA_VERSION", "connect", "init", "integrity_ok", "transaction"]
 
+# How long a writer waits for another's lock (an import's final transaction, say)
+# before giving up with "database is locked".
+BUSY_TIMEOUT_S = 30.0
+
 
 class RegistryError(Exception):
     """A problem with the registry file itself (missing, not initialised, too new)."""
@@ -164,11 +168,10 @@ def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if not create and not path.exists():
         raise RegistryError(f"no registry at {path}: run 'psi-server init --db {path}' first")
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
     if not create:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:

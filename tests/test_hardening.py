@@ -15,13 +15,16 @@ import numpy as np
 import pytest
 
 from psi import Key, encode_identifier, hash_to_curve
+from psi_client.session import ClientConfig, MatchFailed, match
+from psi_server.service import ServerConfig, start_server
+from psi_server.session import Policy
 from psi.intersection import sort_rows, truncate
 from psi_proto.v1 import matcher_pb2 as pb
 from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
 from psi_server import advertisers, consent, store
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
-from .support import CLIENT, SERVER, ServerProcess, make_registry, psi_match
+from .support import CLIENT, SERVER, ServerProcess, free_port, make_registry, psi_match
 
 pytestmark = pytest.mark.slow
 
@@ -164,6 +167,27 @@ def test_locked_database_delays_the_charge_then_succeeds(world):
     finally:
         server.stop()
     assert integrity(db)
+
+
+def test_database_locked_past_the_timeout_charges_nothing(world, monkeypatch):
+    tmp, db, token_file, _ = world
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.5)
+    running = start_server(ServerConfig(db=db, listen=f"127.0.0.1:{free_port()}", insecure=True, workers=1,
+                                        policy=Policy(noise=False, min_list_size=10)))
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        config = ClientConfig(server=f"127.0.0.1:{running.port}", token=token_file.read_text().strip(),
+                              insecure=True, workers=1, min_table_size=10)
+        with pytest.raises(MatchFailed) as info:
+            match(config, "email", encoded(LISTING), 0.1)
+        assert info.value.kind == "busy" and "nothing was charged" in info.value.message
+        blocker.execute("ROLLBACK")
+        assert match(config, "email", encoded(LISTING), 0.1).noisy_count == TRUTH
+    finally:
+        blocker.close()
+        running.stop(1)
+    assert ledger(db) == 1 and integrity(db)
 
 
 def test_import_concurrent_with_sessions(world):
