@@ -25,8 +25,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# Each figure is journalled as it is measured; `make bench RESUME=1` continues an
+# interrupted run instead of starting again.
+JOURNAL := benchmarks/out/journal.jsonl
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(if $(RESUME),,rm -f $(JOURNAL))
+	$(BIN)/python -m benchmarks.run --journal $(JOURNAL)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick

@@ -13,6 +13,7 @@ from itertools import product
 from pathlib import Path
 
 from . import inputs
+from .journal import Journal
 from .measure import in_subprocess
 from .systems import SYSTEMS
 
@@ -63,28 +64,44 @@ def _skip_reason(last: dict | None, n: int, m: int, max_seconds: float, base_kib
     return ""
 
 
-def run(points: list[tuple[int, int]], max_seconds: float) -> dict:
-    """Measure every registered system at every point; raises CountMismatch on a wrong count."""
-    pool = in_subprocess("--pool-only")
+def run(
+    points: list[tuple[int, int]],
+    max_seconds: float,
+    journal: Journal,
+    systems: list[str] | None = None,
+    measure: bool = True,
+) -> dict:
+    """Measure every chosen system at every point, reusing what ``journal`` already holds;
+    with ``measure`` false, only report what it holds. Raises CountMismatch on a wrong count."""
+    pool = journal.measure("pool", lambda: in_subprocess("--pool-only"))
     rows, skipped = [], []
     last: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="psi-bench-") as tmp:
         for n, m in sorted(points, key=sum):
             path = Path(tmp) / f"inputs-{n}-{m}.npz"
-            overlap = inputs.write(path, n, m)
-            for name in SYSTEMS:
-                reason = _skip_reason(last.get(name), n, m, max_seconds, pool["peak_self_kib"])
-                if reason:
-                    skipped.append({"system": name, "n": n, "m": m, "reason": reason})
-                    print(f"skip {name} n={n} m={m}: {reason}", file=sys.stderr)
-                    continue
-                print(f"run {name} n={n} m={m}", file=sys.stderr, flush=True)
-                row = in_subprocess(name, str(path))
-                if row["count"] != overlap:
-                    raise CountMismatch(
-                        f"{name} counted {row['count']} at n={n}, m={m}; the overlap is {overlap}"
-                    )
+            overlap = None
+            for name in systems or SYSTEMS:
+                key = f"row {name} {n} {m}"
+                row = journal.get(key)
+                if row is None:
+                    reason = _skip_reason(last.get(name), n, m, max_seconds, pool["peak_self_kib"])
+                    if not measure:
+                        reason = "not measured (report written from the journal alone)"
+                    if reason:
+                        skipped.append({"system": name, "n": n, "m": m, "reason": reason})
+                        print(f"skip {name} n={n} m={m}: {reason}", file=sys.stderr)
+                        continue
+                    if overlap is None:
+                        overlap = inputs.write(path, n, m)
+                    print(f"run {name} n={n} m={m}", file=sys.stderr, flush=True)
+                    row = in_subprocess(name, str(path))
+                    if row["count"] != overlap:
+                        raise CountMismatch(
+                            f"{name} counted {row['count']} at n={n}, m={m}; "
+                            f"the overlap is {overlap}"
+                        )
+                    row = journal.put(key, row)
                 rows.append(row)
                 last[name] = row
-            path.unlink()
+            path.unlink(missing_ok=True)
     return {"pool": pool, "rows": rows, "skipped": skipped}

@@ -20,7 +20,7 @@ PRIMITIVES = {
 
 
 def throughput_vs_workers(primitives: dict, path: Path) -> None:
-    by_workers = primitives["by_workers"]
+    by_workers = {int(w): rates for w, rates in primitives["by_workers"].items()}
     workers = sorted(by_workers)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for key, label in PRIMITIVES.items():

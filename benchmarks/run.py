@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import comparison, environment, load, plots, primitives, registry, report
+from .journal import Journal
+from .systems import SYSTEMS
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,11 +30,20 @@ def _command(argv: list[str]) -> str:
     return shlex.join([str(python), "-m", "benchmarks.run", *argv])
 
 
-def _dask(quick: bool) -> list[dict] | None:
-    """Rows of the optional Dask benchmark, contributed separately, when present."""
-    if not (HERE / "dask_throughput.py").exists():
-        return None
-    return importlib.import_module("benchmarks.dask_throughput").run(quick)
+def _load(quick: bool) -> dict:
+    if quick:
+        return load.run_load(users=2_000, small=16, large=1, large_size=4_000).summary()
+    return load.run_load(users=100_000, small=32, large=2, large_size=100_000, workers=2).summary()
+
+
+def _systems(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown system {', '.join(unknown)}; known: {', '.join(SYSTEMS)}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +60,34 @@ def main(argv: list[str] | None = None) -> None:
         default=1800,
         help="skip a system at a grid point predicted to take longer (default 1800)",
     )
+    parser.add_argument(
+        "--systems", type=_systems, help="systems to run, comma-separated (default all)"
+    )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="record each figure in this file as it is measured and reuse figures it already "
+        "holds, so an interrupted run resumes where it stopped",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing; write the report from the journal (missing figures are listed)",
+    )
     args = parser.parse_args(argv)
+    if args.report_only and args.journal is None:
+        parser.error("--report-only needs --journal")
+    journal = Journal(args.journal)
+    measure = not args.report_only
+
+    def section(name: str, fn):
+        key = f"{'quick' if args.quick else 'full'} {name}"
+        if measure:
+            return journal.measure(key, fn)
+        found = journal.get(key)
+        if found is None:
+            parser.error(f"the journal holds no {key!r} figures; run without --report-only")
+        return found
 
     grid = comparison.QUICK_GRID if args.quick else comparison.FULL_GRID
     ns = args.n or sorted({n for n, _ in grid})
@@ -59,16 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()[0]
 
     print("primitives", file=sys.stderr, flush=True)
-    measured = primitives.measure(quick=args.quick)
-    compared = comparison.run([(n, m) for n in ns for m in ms], args.max_point_seconds)
+    measured = section("primitives", lambda: primitives.measure(quick=args.quick))
+    compared = comparison.run(
+        [(n, m) for n in ns for m in ms], args.max_point_seconds, journal, args.systems, measure
+    )
     print("registry", file=sys.stderr, flush=True)
-    registry_figures = registry.run(args.quick)
+    registry_figures = section("registry", lambda: registry.run(args.quick))
     print("load", file=sys.stderr, flush=True)
-    if args.quick:
-        load_figures = load.run_load(users=2_000, small=16, large=1, large_size=4_000).summary()
-    else:
-        load_figures = load.run_load(users=100_000, small=32, large=2, large_size=100_000, workers=2).summary()
-    dask_rows = _dask(args.quick)
+    load_figures = section("load", lambda: _load(args.quick))
+    # imported here: Dask is the optional [dask] extra, and only this section needs it
+    dask_throughput = importlib.import_module("benchmarks.dask_throughput")
+    dask_rows = section("dask", lambda: dask_throughput.run(args.quick))
 
     (HERE / "plots").mkdir(exist_ok=True)
     plots.throughput_vs_workers(measured, HERE / "plots" / "throughput_vs_workers.png")
@@ -85,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "dask": dask_rows,
         "registry": registry_figures,
         "load_test": load_figures,
+        "resumed": journal.measured_at(journal.resumed),
     }
     (HERE / "RESULTS.md").write_text(report.render(results))
     print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)

@@ -1,0 +1,63 @@
+"""Figures already measured, kept one JSON object per line so a long run can resume.
+
+A full grid takes hours on two cores; an interrupted run should not have to start again.
+Each entry is keyed by what was measured (a section, or a system at a grid point) and
+stamped with when it was measured, so the report can say which figures came from an
+earlier invocation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal"]
+
+
+class Journal:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        self.resumed: set[str] = set()
+        self._torn = False
+        if path is not None and path.exists():
+            text = path.read_text()
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                # a line cut short by a kill mid-write is simply measured again
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.entries[entry["key"]] = entry
+
+    def get(self, key: str) -> Any | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.resumed.add(key)
+        return entry["value"]
+
+    def put(self, key: str, value: Any) -> Any:
+        """Record ``value`` and return it as it reads back from the file, so a fresh
+        figure and a resumed one have the same types (JSON object keys are strings)."""
+        entry = {"key": key, "at": datetime.now(UTC).isoformat(timespec="seconds"), "value": value}
+        line = json.dumps(entry)
+        self.entries[key] = json.loads(line)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as out:
+                # end a line torn by a kill mid-write, so the new entry stands on its own
+                out.write(("\n" if self._torn else "") + line + "\n")
+            self._torn = False
+        return self.entries[key]["value"]
+
+    def measure(self, key: str, fn: Callable[[], Any]) -> Any:
+        found = self.get(key)
+        return found if found is not None else self.put(key, fn())
+
+    def measured_at(self, keys: set[str]) -> list[str]:
+        return sorted(self.entries[k]["at"] for k in keys if k in self.entries)
