@@ -86,7 +86,7 @@ def run(
                 if row is None:
                     reason = _skip_reason(last.get(name), n, m, max_seconds, pool["peak_self_kib"])
                     if not measure:
-                        reason = "not measured (report written from the journal alone)"
+                        reason = "not in the journal: no run measured it (report written from the journal alone)"
                     if reason:
                         skipped.append({"system": name, "n": n, "m": m, "reason": reason})
                         print(f"skip {name} n={n} m={m}: {reason}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 A full grid takes hours on two cores; an interrupted run should not have to start again.
 Each entry is keyed by what was measured (a section, or a system at a grid point) and
-stamped with when it was measured, so the report can say which figures came from an
-earlier invocation.
+stamped with when and by which command it was measured, so the report can say which
+figures came from an earlier invocation.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ __all__ = ["Journal"]
 
 
 class Journal:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, command: str = "") -> None:
         self.path = path
+        self.command = command
         self.entries: dict[str, dict] = {}
         self.resumed: set[str] = set()
         self._torn = False
@@ -44,7 +45,8 @@ class Journal:
     def put(self, key: str, value: Any) -> Any:
         """Record ``value`` and return it as it reads back from the file, so a fresh
         figure and a resumed one have the same types (JSON object keys are strings)."""
-        entry = {"key": key, "at": datetime.now(UTC).isoformat(timespec="seconds"), "value": value}
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        entry = {"key": key, "at": at, "by": self.command, "value": value}
         line = json.dumps(entry)
         self.entries[key] = json.loads(line)
         if self.path is not None:
@@ -59,5 +61,10 @@ class Journal:
         found = self.get(key)
         return found if found is not None else self.put(key, fn())
 
-    def measured_at(self, keys: set[str]) -> list[str]:
-        return sorted(self.entries[k]["at"] for k in keys if k in self.entries)
+    def provenance(self, keys: set[str]) -> dict[str, list[str]]:
+        """For the given entries: the command that measured them, and when (sorted)."""
+        found: dict[str, list[str]] = {}
+        for key in keys:
+            entry = self.entries[key]
+            found.setdefault(entry.get("by", ""), []).append(entry["at"])
+        return {by: sorted(stamps) for by, stamps in found.items()}

@@ -385,14 +385,20 @@ def _load(summary: dict) -> list[str]:
     ]
 
 
-def _resumed(stamps: list[str]) -> list[str]:
-    if not stamps:
+def _resumed(provenance: dict[str, list[str]]) -> list[str]:
+    if not provenance:
         return []
-    return [
-        f"- {len(stamps)} of the sections and grid rows below were read from the journal, "
-        f"measured between {stamps[0]} and {stamps[-1]} UTC by earlier invocations of the same "
-        "command; each grid row still holds every system at its point measured back to back"
+    lines = [
+        f"- {sum(map(len, provenance.values()))} of the sections and grid rows below were read "
+        "from the journal; each grid row holds every system at its point measured back to "
+        "back. They were measured by:"
     ]
+    for by, stamps in sorted(provenance.items(), key=lambda item: item[1][0]):
+        lines.append(
+            f"  - `{by or 'an unrecorded command'}`: {len(stamps)}, "
+            f"between {stamps[0]} and {stamps[-1]}"
+        )
+    return lines
 
 
 def render(results: dict) -> str:

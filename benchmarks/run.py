@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.report_only and args.journal is None:
         parser.error("--report-only needs --journal")
-    journal = Journal(args.journal)
+    journal = Journal(args.journal, _command(argv))
     measure = not args.report_only
 
     def section(name: str, fn):
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "dask": dask_rows,
         "registry": registry_figures,
         "load_test": load_figures,
-        "resumed": journal.measured_at(journal.resumed),
+        "resumed": journal.provenance(journal.resumed),
     }
     (HERE / "RESULTS.md").write_text(report.render(results))
     print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)
