@@ -245,7 +245,9 @@ class RunningServer:
     def stop(self, grace: float) -> None:
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace).wait()
+        done = self.server.stop(grace)
+        log.info("refusing new sessions; running ones have %.0fs to finish", grace)
+        done.wait()
         self.stop_event.set()
 
 
@@ -338,6 +340,10 @@ def serve_forever(config: ServerConfig) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    running.stop_event.wait()
+    # Wake up now and then: the kernel may deliver the signal to one of gRPC's threads,
+    # and Python runs handlers only in the main thread, which a wait without timeout
+    # would keep blocked.
+    while not running.stop_event.wait(0.2):
+        pass
     running.server.wait_for_termination()
     log.info("stopped")

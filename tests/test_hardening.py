@@ -137,7 +137,10 @@ def test_sigterm_lets_running_session_finish(world):
     outbox.put(pb.ClientMessage(open=pb.Open(protocol_version=1, id_type="email", n_items=500, epsilon=0.1)))
     accepted = next(call).accepted
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while "refusing new sessions" not in server.logs():
+        assert time.monotonic() < deadline, "SIGTERM was not handled"
+        time.sleep(0.05)
     # New sessions are refused while the running one may finish.
     code, out, _ = psi_match(server.address, token_file, tmp / "list.txt")
     assert code == 7
