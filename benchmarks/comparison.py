@@ -84,9 +84,11 @@ def run(
                 key = f"row {name} {n} {m}"
                 row = journal.get(key)
                 if row is None:
-                    reason = _skip_reason(last.get(name), n, m, max_seconds, pool["peak_self_kib"])
-                    if not measure:
-                        reason = "not in the journal: no run measured it (report written from the journal alone)"
+                    reason = (
+                        _skip_reason(last.get(name), n, m, max_seconds, pool["peak_self_kib"])
+                        if measure
+                        else "not in the journal: no run measured it (report written from it alone)"
+                    )
                     if reason:
                         skipped.append({"system": name, "n": n, "m": m, "reason": reason})
                         print(f"skip {name} n={n} m={m}: {reason}", file=sys.stderr)

@@ -18,7 +18,7 @@ __all__ = ["Journal"]
 
 
 class Journal:
-    def __init__(self, path: Path | None, command: str = "") -> None:
+    def __init__(self, path: Path | None, command: str) -> None:
         self.path = path
         self.command = command
         self.entries: dict[str, dict] = {}
@@ -66,5 +66,5 @@ class Journal:
         found: dict[str, list[str]] = {}
         for key in keys:
             entry = self.entries[key]
-            found.setdefault(entry.get("by", ""), []).append(entry["at"])
+            found.setdefault(entry["by"], []).append(entry["at"])
         return {by: sorted(stamps) for by, stamps in found.items()}

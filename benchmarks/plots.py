@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # no display on CI or servers
 
 import matplotlib.pyplot as plt
 
+from .primitives import rates_by_workers
+
 __all__ = ["PRIMITIVES", "throughput_vs_workers", "time_vs_m"]
 
 PRIMITIVES = {
@@ -20,7 +22,7 @@ PRIMITIVES = {
 
 
 def throughput_vs_workers(primitives: dict, path: Path) -> None:
-    by_workers = {int(w): rates for w, rates in primitives["by_workers"].items()}
+    by_workers = rates_by_workers(primitives)
     workers = sorted(by_workers)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for key, label in PRIMITIVES.items():

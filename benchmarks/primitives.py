@@ -17,7 +17,7 @@ import numpy as np
 from psi import Key, count_intersection, encode_identifier, hash_to_curve
 from psi.parallel import cpu_count
 
-__all__ = ["REPEATS", "measure", "openssl_x25519"]
+__all__ = ["REPEATS", "measure", "openssl_x25519", "rates_by_workers"]
 
 REPEATS = 5
 
@@ -85,6 +85,12 @@ def _count_seconds(small: int, large: int) -> float:
     if found != overlap:
         raise RuntimeError(f"count_intersection found {found}, expected {overlap}")
     return min(_timed(count_intersection, a, b)[0] for _ in range(REPEATS))
+
+
+def rates_by_workers(measured: dict) -> dict[int, dict[str, list[float]]]:
+    """``measured["by_workers"]`` keyed by int again (the journal stores JSON, whose
+    object keys are strings)."""
+    return {int(w): rates for w, rates in measured["by_workers"].items()}
 
 
 def measure(*, quick: bool) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .inputs import SEED
 from .plots import PRIMITIVES
+from .primitives import rates_by_workers
 from .systems import BASELINE
 
 __all__ = ["render"]
@@ -58,8 +59,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _primitives(p: dict) -> list[str]:
     openssl = p["openssl_per_core"]
-    by_workers = p["by_workers"]
-    by_workers = {int(w): rates for w, rates in by_workers.items()}
+    by_workers = rates_by_workers(p)
     one, most = by_workers[1], max(by_workers)
     x25519_cpu = 1 / one["apply_own"][1]
     rows = [
@@ -152,7 +152,7 @@ def _largest_peak(row: dict) -> int:
 def _floor_seconds(primitives: dict, n: int, m: int) -> float:
     """Least wall time the protocol can take here: each side's items are hashed once and
     exponentiated twice, at the best all-worker rates measured in section 1."""
-    by_workers = {int(w): rates for w, rates in primitives["by_workers"].items()}
+    by_workers = rates_by_workers(primitives)
     rates = by_workers[max(by_workers)]
     return (n + m) * (2 / rates["apply_own"][0] + 1 / rates["hash_to_curve"][0])
 
@@ -395,7 +395,7 @@ def _resumed(provenance: dict[str, list[str]]) -> list[str]:
     ]
     for by, stamps in sorted(provenance.items(), key=lambda item: item[1][0]):
         lines.append(
-            f"  - `{by or 'an unrecorded command'}`: {len(stamps)}, "
+            f"  - `{by}`: {len(stamps)}, "
             f"between {stamps[0]} and {stamps[-1]}"
         )
     return lines
@@ -418,7 +418,7 @@ def render(results: dict) -> str:
             f"- Load average (1 min) at start and end: {load[0]:.2f}, {load[1]:.2f} "
             "(other tenants' work slows every figure; ratios within a run are steadier)"
         ),
-        *_resumed(results.get("resumed", [])),
+        *_resumed(results["resumed"]),
         "",
         *_table(["Machine and libraries", ""], [[k, v] for k, v in env.items()]),
         *_primitives(results["primitives"]),

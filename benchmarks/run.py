@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shlex
 import sys
@@ -106,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     print("load", file=sys.stderr, flush=True)
     load_figures = section("load", lambda: _load(args.quick))
     # imported here: Dask is the optional [dask] extra, and only this section needs it
-    dask_throughput = importlib.import_module("benchmarks.dask_throughput")
+    from . import dask_throughput
+
     dask_rows = section("dask", lambda: dask_throughput.run(args.quick))
 
     (HERE / "plots").mkdir(exist_ok=True)

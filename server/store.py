@@ -168,7 +168,9 @@ def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if not create and not path.exists():
         raise RegistryError(f"no registry at {path}: run 'psi-server init --db {path}' first")
-    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
