@@ -2,7 +2,7 @@
 
 A full grid takes hours on two cores; an interrupted run should not have to start again.
 Each entry is keyed by what was measured (a section, or a system at a grid point) and
-stamped with when and by which command it was measured, so the report can say which
+stamped with when, by which command and at which commit it was measured, so the report can say which
 figures came from an earlier invocation.
 """
 
@@ -18,9 +18,10 @@ __all__ = ["Journal"]
 
 
 class Journal:
-    def __init__(self, path: Path | None, command: str) -> None:
+    def __init__(self, path: Path | None, command: str, commit: str = "") -> None:
         self.path = path
         self.command = command
+        self.commit = commit
         self.entries: dict[str, dict] = {}
         self.resumed: set[str] = set()
         self._torn = False
@@ -46,7 +47,7 @@ class Journal:
         """Record ``value`` and return it as it reads back from the file, so a fresh
         figure and a resumed one have the same types (JSON object keys are strings)."""
         at = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {"key": key, "at": at, "by": self.command, "value": value}
+        entry = {"key": key, "at": at, "by": self.command, "commit": self.commit, "value": value}
         line = json.dumps(entry)
         self.entries[key] = json.loads(line)
         if self.path is not None:
@@ -62,9 +63,13 @@ class Journal:
         return found if found is not None else self.put(key, fn())
 
     def provenance(self, keys: set[str]) -> dict[str, list[str]]:
-        """For the given entries: the command that measured them, and when (sorted)."""
+        """For the given entries: the command (and code) that measured them, as Markdown,
+        and when (sorted)."""
         found: dict[str, list[str]] = {}
         for key in keys:
             entry = self.entries[key]
-            found.setdefault(entry["by"], []).append(entry["at"])
+            label = f"`{entry['by']}`"
+            if entry.get("commit"):
+                label += f" at {entry['commit']}"
+            found.setdefault(label, []).append(entry["at"])
         return {by: sorted(stamps) for by, stamps in found.items()}

@@ -2,7 +2,7 @@
 each against the core primitive it is bound by, measured side by side in one process.
 
     python -m benchmarks.registry import ROWS DB     # prints JSON
-    python -m benchmarks.registry epoch DB           # prints JSON
+    python -m benchmarks.registry epoch DB ROUNDS    # prints JSON
 
 Each phase runs in a fresh process so its peak memory (``VmHWM``) is its own.
 """
@@ -10,6 +10,7 @@ Each phase runs in a fresh process so its peak memory (``VmHWM``) is its own.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,22 +66,31 @@ def _import(rows: int, db: Path) -> dict:
             "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one, "peak_kib": _peak_kib()}
 
 
-def _epoch(db: Path) -> dict:
+def _epoch(db: Path, rounds: int) -> dict:
+    """Epoch builds and ``Key.apply`` over the same points, alternating, ``rounds`` times
+    each: one pair measured minutes apart on a shared machine can differ by 5%."""
     warm_up()
     conn = store.connect(db)
     _, points = consent.table_points(conn, "email", 1)
     conn.close()
-    start = time.perf_counter()
-    Key.generate().apply(points, check=False)
-    apply_rate = len(points) / (time.perf_counter() - start)
-    del points
     base = _peak_kib()
-    start = time.perf_counter()
-    epoch = EpochManager(str(db)).build()
-    seconds = time.perf_counter() - start
-    entries = epoch.tables["email"].snapshot.size
-    return {"entries": entries, "epoch_s": seconds, "epoch_per_s": entries / seconds,
-            "apply_per_s_all_workers": apply_rate, "peak_kib": _peak_kib(), "peak_before_build_kib": base}
+    apply_s, build_s = [], []
+    entries = peak = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        epoch = EpochManager(str(db)).build()
+        build_s.append(time.perf_counter() - start)
+        entries = epoch.tables["email"].snapshot.size
+        del epoch
+        peak = peak or _peak_kib()  # the first build's, before any apply adds its own
+        start = time.perf_counter()
+        Key.generate().apply(points, check=False)
+        apply_s.append(time.perf_counter() - start)
+    seconds, apply_seconds = statistics.median(build_s), statistics.median(apply_s)
+    return {"entries": entries, "rounds": rounds, "epoch_s": seconds, "epoch_per_s": entries / seconds,
+            "apply_per_s_all_workers": len(points) / apply_seconds,
+            "epoch_s_each": build_s, "apply_s_each": apply_s,
+            "peak_kib": peak, "peak_before_build_kib": base}
 
 
 def _child(*args: str) -> dict:
@@ -93,7 +103,8 @@ def run(quick: bool) -> dict:
     rows = 20_000 if quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="psi-reg-db-") as tmp:
         db = Path(tmp) / "registry.db"
-        return {"import": _child("import", str(rows), str(db)), "epoch": _child("epoch", str(db))}
+        rounds = "1" if quick else "3"
+        return {"import": _child("import", str(rows), str(db)), "epoch": _child("epoch", str(db), rounds)}
 
 
 def main() -> None:
@@ -101,7 +112,7 @@ def main() -> None:
     if phase == "import":
         figures = _import(int(rest[0]), Path(rest[1]))
     elif phase == "epoch":
-        figures = _epoch(Path(rest[0]))
+        figures = _epoch(Path(rest[0]), int(rest[1]))
     else:
         raise SystemExit(__doc__)
     json.dump(figures, sys.stdout)

@@ -335,6 +335,14 @@ def _dask(rows: list[dict]) -> list[str]:
     ]
 
 
+def _rounds(ep: dict) -> str:
+    """Each round's ratio, where the build and the apply alternated several times."""
+    if ep.get("rounds", 1) < 2:
+        return ""
+    each = ", ".join(f"{a / b:.0%}" for a, b in zip(ep["apply_s_each"], ep["epoch_s_each"]))
+    return f" (median of {ep['rounds']} alternating rounds: {each})"
+
+
 def _registry(r: dict) -> list[str]:
     imp, ep = r["import"], r["epoch"]
     ratio_all = imp["import_rows_per_s"] / imp["hash_per_s_all_workers"]
@@ -350,7 +358,7 @@ def _registry(r: dict) -> list[str]:
          f"{ep['entries']:,} entries in {ep['epoch_s']:.1f} s; peak {_mib(ep['peak_kib'])} MiB "
          f"({_mib(ep['peak_before_build_kib'])} before)", ""],
         ["`Key.apply`, all workers", f"{ep['apply_per_s_all_workers']:,.0f} /s",
-         f"epoch build = {epoch_ratio:.0%} of it", _status(epoch_ratio >= 0.9)],
+         f"epoch build = {epoch_ratio:.0%} of it{_rounds(ep)}", _status(epoch_ratio >= 0.9)],
     ]
     return [
         "## 3. Registry: import and epoch build",
@@ -395,7 +403,7 @@ def _resumed(provenance: dict[str, list[str]]) -> list[str]:
     ]
     for by, stamps in sorted(provenance.items(), key=lambda item: item[1][0]):
         lines.append(
-            f"  - `{by}`: {len(stamps)}, "
+            f"  - {by}: {len(stamps)}, "
             f"between {stamps[0]} and {stamps[-1]}"
         )
     return lines

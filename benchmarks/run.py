@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.report_only and args.journal is None:
         parser.error("--report-only needs --journal")
-    journal = Journal(args.journal, _command(argv))
+    journal = Journal(args.journal, _command(argv), environment.describe()["Commit"])
     measure = not args.report_only
 
     def section(name: str, fn):

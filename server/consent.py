@@ -3,9 +3,8 @@ query that turns the ``matchable`` view into table entries.
 
 An import is staged first and applied in one transaction at the end: a file whose last
 line revokes a consent granted on its first line must never be half applied, and a
-failure (bad disk, killed process) leaves the registry exactly as it was. Hashed points
-are staged with their rows and inserted in key order at the end, several times faster
-than inserting them in the random order they are computed in.
+failure (bad disk, killed process) leaves the registry exactly as it was. A value the
+registry already holds is not hashed again: its stored point is copied at the end.
 """
 
 from __future__ import annotations
@@ -216,7 +215,7 @@ def _missing_points(conn: sqlite3.Connection, keys: list[tuple[str, bytes]]) -> 
         hashes = [h for t, h in keys if t == id_type]
         for i in range(0, len(hashes), _SQL_VARS):
             part = hashes[i : i + _SQL_VARS]
-            q = "SELECT value_hash FROM points WHERE id_type = ? AND value_hash IN (%s)" % (
+            q = "SELECT value_hash FROM identifiers WHERE id_type = ? AND value_hash IN (%s)" % (
                 ",".join("?" * len(part))
             )
             have.update((id_type, h) for (h,) in conn.execute(q, [id_type, *part]))
@@ -299,7 +298,7 @@ def _stage(conn, rows, report: ImportReport, region, pool) -> None:
         with transaction(conn):
             conn.executemany(
                 "INSERT INTO temp.staging VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*r, fresh.pop((r[1], r[2]), None)) for r in records],
+                [(*r, fresh.get((r[1], r[2]))) for r in records],
             )
         report.points_hashed += len(missing)
         report.imported_rows += len(records)
@@ -314,14 +313,17 @@ def _apply_staging(conn: sqlite3.Connection, source: str, report: ImportReport) 
         ).fetchone()[0]
         report.duplicate_rows = report.imported_rows - distinct
         report.imported_rows = distinct
+        # A value the registry already held was not hashed again: its point is copied.
         conn.execute(
-            "INSERT OR IGNORE INTO points (id_type, value_hash, point) SELECT id_type, value_hash, "
-            "point FROM temp.staging WHERE point IS NOT NULL ORDER BY id_type, value_hash"
+            "UPDATE temp.staging SET point = (SELECT i.point FROM identifiers AS i "
+            "WHERE i.id_type = staging.id_type AND i.value_hash = staging.value_hash LIMIT 1) "
+            "WHERE point IS NULL"
         )
         conn.execute("INSERT OR IGNORE INTO users (user_id) SELECT DISTINCT user_id FROM temp.staging")
+        # In file order, so that the identifiers a user's cap keeps are the first listed.
         conn.execute(
-            "INSERT OR IGNORE INTO identifiers (user_id, id_type, value_hash) "
-            "SELECT DISTINCT user_id, id_type, value_hash FROM temp.staging"
+            "INSERT OR IGNORE INTO identifiers (user_id, id_type, value_hash, point) "
+            "SELECT user_id, id_type, value_hash, point FROM temp.staging ORDER BY rowid"
         )
         conn.execute(
             "INSERT OR IGNORE INTO identifier_purposes (identifier_id, purpose) "
@@ -376,46 +378,62 @@ def record_consent(
     return recorded, unknown
 
 
-def _table_query(user_filter: str, cap: int) -> str:
-    """Rows ``(value_hash, point)`` of the table, from the ``matchable`` view.
+def _table_query(where: str, cap: int, hashes: bool = True) -> str:
+    """Rows ``(id_type, value_hash, point)`` of the tables, from the ``matchable`` view
+    (``(id_type, point)`` without ``hashes``).
 
     Each user contributes at most ``cap`` identifiers of a type (the noise sensitivity):
-    the earliest recorded ones. ``+id_type`` keeps SQLite from scanning by value (random
-    order, so random lookups of users and purposes); scanning in user order is 7x faster.
-    The common cap of one needs only a grouped minimum, cheaper than a window.
+    the earliest recorded ones. Grouping by ``(user_id, id_type)`` follows the identifiers'
+    unique index, so one scan in user order serves every type; a filter on the type is
+    written ``+id_type`` so that SQLite keeps that scan instead of one by value (random
+    order, so random lookups of users and purposes: 7x slower). The common cap of one
+    needs only a grouped minimum, cheaper than a window.
     """
     if cap == 1:
+        # SQLite takes a bare column of a MIN() aggregate from the row holding the minimum.
         chosen = f"""
-SELECT MIN(identifier_id) AS id FROM matchable
- WHERE +id_type = :id_type {user_filter}
- GROUP BY user_id"""
+SELECT id_type, value_hash, MIN(identifier_id) AS id
+  FROM matchable {where}
+ GROUP BY user_id, id_type"""
     else:
         chosen = f"""
-SELECT id FROM (
-    SELECT identifier_id AS id,
-           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY identifier_id) AS rank
-      FROM matchable
-     WHERE +id_type = :id_type {user_filter}
+SELECT id_type, value_hash, id FROM (
+    SELECT id_type, value_hash, identifier_id AS id,
+           ROW_NUMBER() OVER (PARTITION BY user_id, id_type ORDER BY identifier_id) AS rank
+      FROM matchable {where}
 ) WHERE rank <= :cap"""
+    # The point is fetched per chosen row in a scalar subquery rather than by a join: a
+    # join would make SQLite compute every chosen row before returning the first, and the
+    # pool would wait for that instead of starting on the first batch.
     return f"""
-SELECT i.value_hash, p.point
-  FROM ({chosen}) AS chosen
-  JOIN identifiers AS i ON i.id = chosen.id
-  JOIN points AS p ON p.id_type = i.id_type AND p.value_hash = i.value_hash
+SELECT c.id_type, {"c.value_hash," if hashes else ""} (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
+  FROM ({chosen}) AS c
 """
 
 
 def iter_table_points(
-    conn: sqlite3.Connection, id_type: str, cap: int, batch: int = 4096
-) -> Iterator[np.ndarray]:
-    """Hashed points of the whole table for ``id_type``, in batches, as they are read.
+    conn: sqlite3.Connection, cap: int, batch: int = 4096
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(id_type, hashed points)`` of every table, in batches of one type, as read.
 
     A value shared by several users is yielded once per user; the caller removes the
     repeats (cheaper on the blinded rows than in SQL).
     """
-    cur = conn.execute(_table_query("", cap), {"id_type": id_type, "cap": cap})
+    pending: dict[str, list[bytes]] = {t: [] for t in ID_TYPES}
+    cur = conn.execute(_table_query("", cap, hashes=False), {"cap": cap})
     while rows := cur.fetchmany(batch):
-        yield np.frombuffer(b"".join(p for _, p in rows), dtype=np.uint8).reshape(-1, 32)
+        for id_type, points in pending.items():
+            points += [p for t, p in rows if t == id_type]
+            if len(points) >= batch:
+                yield id_type, _stack(points)
+                points.clear()
+    for id_type, points in pending.items():
+        if points:
+            yield id_type, _stack(points)
+
+
+def _stack(points: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(points), dtype=np.uint8).reshape(-1, 32)
 
 
 def table_points(
@@ -426,14 +444,14 @@ def table_points(
     With ``users``, only the contributions of those users (for incremental updates).
     """
     params = {"id_type": id_type, "cap": cap}
+    where = "WHERE +id_type = :id_type"
     if users is None:
-        rows = conn.execute(_table_query("", cap), params).fetchall()
+        rows = conn.execute(_table_query(where, cap), params).fetchall()
     else:
         rows = []
         for i in range(0, len(users), _SQL_VARS):
             names = {f"u{j}": u for j, u in enumerate(users[i : i + _SQL_VARS])}
-            flt = "AND user_id IN (%s)" % ",".join(f":{k}" for k in names)
+            flt = "%s AND user_id IN (%s)" % (where, ",".join(f":{k}" for k in names))
             rows += conn.execute(_table_query(flt, cap), {**params, **names}).fetchall()
-    unique = dict(rows)
-    points = np.frombuffer(b"".join(unique.values()), dtype=np.uint8).reshape(-1, 32)
-    return list(unique), points
+    unique = {value_hash: point for _, value_hash, point in rows}
+    return list(unique), _stack(list(unique.values()))

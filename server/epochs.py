@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -175,25 +176,28 @@ class EpochManager:
     def build(self) -> Epoch:
         """A new epoch from the registry as of now (one X25519 per table entry).
 
-        Rows stream from the registry into the pool, so reading overlaps exponentiating.
+        Rows of every type stream from one scan of the registry into the pool, so
+        reading overlaps exponentiating.
         """
         key = Key.generate()
         conn = store.connect(self.db_path)
         try:
             conn.execute("BEGIN")  # one read snapshot for the sequence and the tables
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM user_changes").fetchone()[0]
+            types: deque[str] = deque()
+
+            def chunks() -> Iterator[np.ndarray]:
+                for id_type, chunk in iter_table_points(conn, self.cap):
+                    types.append(id_type)
+                    yield chunk
+
+            parts: dict[str, list[np.ndarray]] = {t: [] for t in ID_TYPES}
+            for out in key.apply_chunks(chunks(), self.workers, executor=self.executor, check=False):
+                parts[types.popleft()].append(out)
             tables = {}
-            for id_type in ID_TYPES:
-                parts = list(
-                    key.apply_chunks(
-                        iter_table_points(conn, id_type, self.cap),
-                        self.workers,
-                        executor=self.executor,
-                        check=False,
-                    )
-                )
-                rows = np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)
-                del parts
+            for id_type, done in parts.items():
+                rows = np.concatenate(done) if done else np.empty((0, 32), np.uint8)
+                done.clear()
                 tables[id_type] = _Table.build(id_type, shuffled(rows))
             conn.execute("COMMIT")
         finally:
@@ -277,7 +281,7 @@ class EpochManager:
         absent = []
         for i in range(0, len(absent_hashes), 900):
             part = absent_hashes[i : i + 900]
-            q = "SELECT point FROM points WHERE id_type = ? AND value_hash IN (%s)" % (
+            q = "SELECT DISTINCT point FROM identifiers WHERE id_type = ? AND value_hash IN (%s)" % (
                 ",".join("?" * len(part))
             )
             absent += [p for (p,) in conn.execute(q, [id_type, *part])]

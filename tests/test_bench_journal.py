@@ -5,7 +5,7 @@ from benchmarks.journal import Journal
 
 def test_figures_survive_a_restart_and_read_back_alike(tmp_path):
     path = tmp_path / "journal.jsonl"
-    first = Journal(path, "python -m benchmarks.run --quick")
+    first = Journal(path, "python -m benchmarks.run --quick", "abc1234")
     fresh = first.put("full primitives", {"by_workers": {1: 10.0, 2: 19.5}})
     calls = []
     again = Journal(path, "second run")
@@ -13,7 +13,8 @@ def test_figures_survive_a_restart_and_read_back_alike(tmp_path):
     assert calls == []
     # a fresh figure and a resumed one have the same types, int keys included
     assert fresh == resumed == {"by_workers": {"1": 10.0, "2": 19.5}}
-    assert list(again.provenance(again.resumed)) == ["python -m benchmarks.run --quick"]
+    # the report names the command and the code that measured each resumed figure
+    assert list(again.provenance(again.resumed)) == ["`python -m benchmarks.run --quick` at abc1234"]
 
 
 def test_a_line_cut_short_by_a_kill_is_measured_again(tmp_path):
@@ -23,6 +24,7 @@ def test_a_line_cut_short_by_a_kill_is_measured_again(tmp_path):
         out.write('{"key": "row b 1 2", "at": "2026-01-01T00:00:00+00:00", "by": "first run", "val')
     journal = Journal(path, "second run")
     assert journal.get("row a 1 2") == {"wall_s": 1.0}
+    assert list(journal.provenance(journal.resumed)) == ["`first run`"]  # no commit recorded
     assert journal.measure("row b 1 2", lambda: {"wall_s": 2.0}) == {"wall_s": 2.0}
     assert Journal(path, "third run").get("row b 1 2") == {"wall_s": 2.0}
 

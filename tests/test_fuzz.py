@@ -710,7 +710,7 @@ def run_import(conn, data: bytes, fmt: str) -> consent.ImportReport:
 
 def table_counts(conn) -> tuple[int, ...]:
     return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                 for t in ("users", "identifiers", "identifier_purposes", "consent_events", "points"))
+                 for t in ("users", "identifiers", "identifier_purposes", "consent_events", "user_changes"))
 
 
 def users(conn) -> set[str]:

@@ -192,3 +192,45 @@ def test_schema_version_and_append_only(tmp_path):
         store.connect(newer)
     with pytest.raises(store.RegistryError, match="psi-server init"):
         store.connect(tmp_path / "missing.db")
+
+
+def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path):
+    """Schema 1 kept points in their own table; schema 2 keeps each on its identifier."""
+    path = tmp_path / "v1.db"
+    conn = store.connect(path, create=True)
+    with store.transaction(conn):
+        for statement in store._split(store.MIGRATIONS[0]):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    values = [value_hash(i) for i in range(3)]
+    points = hash_to_curve([b"email\x00" + v for v in values], workers=1)
+    with store.transaction(conn):
+        conn.executemany("INSERT INTO users (user_id) VALUES (?)", [("u0",), ("u1",)])
+        conn.executemany("INSERT INTO points VALUES ('email', ?, ?)",
+                         [(v, p.tobytes()) for v, p in zip(values, points)])
+        # u1 shares u0's first address; the third address is given only for security
+        owners = [("u0", 0, "account"), ("u1", 0, "advertising"), ("u1", 2, "security")]
+        for n, (user, i, purpose) in enumerate(owners, start=1):
+            conn.execute("INSERT INTO identifiers (id, user_id, id_type, value_hash) VALUES (?, ?, 'email', ?)",
+                         (n, user, values[i]))
+            conn.execute("INSERT INTO identifier_purposes VALUES (?, ?)", (n, purpose))
+        conn.executemany("INSERT INTO consent_events (user_id, scope, state, effective_at, source) "
+                         "VALUES (?, 'ads_matching', 'granted', '2026-01-01T00:00:00.000000Z', 'v1')",
+                         [("u0",), ("u1",)])
+    conn.close()
+
+    conn = store.connect(path)  # migrates
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+    assert store.integrity_ok(conn)
+    assert not conn.execute("SELECT name FROM sqlite_schema WHERE name = 'points'").fetchall()
+    kept = dict(conn.execute("SELECT value_hash, point FROM identifiers"))
+    assert kept == {values[0]: points[0].tobytes(), values[2]: points[2].tobytes()}
+    assert consent.table_points(conn, "email", cap=1)[0] == [values[0]]
+    with pytest.raises(Exception, match="32-byte point"):
+        conn.execute("UPDATE identifiers SET point = NULL WHERE id = 1")
+
+    # an import after the upgrade reuses the stored point instead of hashing again
+    report = import_rows(conn, [("u2", "email", email(2), "account", "granted", "2026-01-02T00:00:00Z")])
+    assert report.points_hashed == 0 and report.new_identifiers == 1
+    epoch = EpochManager(str(path), workers=1).start()
+    assert live_rows(epoch.tables["email"].snapshot) == blinded_set(epoch, "email", [values[0], values[2]])
