@@ -405,8 +405,9 @@ SELECT id_type, value_hash, id FROM (
     # The point is fetched per chosen row in a scalar subquery rather than by a join: a
     # join would make SQLite compute every chosen row before returning the first, and the
     # pool would wait for that instead of starting on the first batch.
+    value_hash = "c.value_hash," if hashes else ""
     return f"""
-SELECT c.id_type, {"c.value_hash," if hashes else ""} (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
+SELECT c.id_type, {value_hash} (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
   FROM ({chosen}) AS c
 """
 

@@ -192,7 +192,8 @@ class EpochManager:
                     yield chunk
 
             parts: dict[str, list[np.ndarray]] = {t: [] for t in ID_TYPES}
-            for out in key.apply_chunks(chunks(), self.workers, executor=self.executor, check=False):
+            blinded = key.apply_chunks(chunks(), self.workers, executor=self.executor, check=False)
+            for out in blinded:
                 parts[types.popleft()].append(out)
             tables = {}
             for id_type, done in parts.items():
@@ -281,9 +282,8 @@ class EpochManager:
         absent = []
         for i in range(0, len(absent_hashes), 900):
             part = absent_hashes[i : i + 900]
-            q = "SELECT DISTINCT point FROM identifiers WHERE id_type = ? AND value_hash IN (%s)" % (
-                ",".join("?" * len(part))
-            )
+            q = "SELECT DISTINCT point FROM identifiers WHERE id_type = ? AND value_hash IN (%s)"
+            q %= ",".join("?" * len(part))
             absent += [p for (p,) in conn.execute(q, [id_type, *part])]
 
         def stack(rows) -> np.ndarray:
