@@ -136,6 +136,16 @@ def test_cap_limits_identifiers_per_user_and_shared_values_appear_once(tmp_path)
     assert len(consent.table_points(conn, "email", cap=9)[0]) == 4
 
 
+def test_cap_keeps_a_users_earliest_imported_identifiers(tmp_path):
+    conn = store.connect(db(tmp_path))
+    order = [7, 3, 9, 1]  # neither sorted by address nor by its hash
+    import_rows(conn, [("u1", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
+                       for i in order[:3]])
+    import_rows(conn, [("u1", "email", email(order[3]), "account", "granted", "2026-01-01T00:00:00Z")])
+    for cap in range(1, 5):
+        assert set(consent.table_points(conn, "email", cap=cap)[0]) == {value_hash(i) for i in order[:cap]}
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["revoke", "grant", "add"]), st.integers(0, 7), st.integers(0, 9)),
                 min_size=1, max_size=12))
