@@ -6,12 +6,15 @@ so even a bug elsewhere cannot rewrite history. No table holds an exact match co
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["RegistryError", "SCHEMA_VERSION", "connect", "init", "integrity_ok", "transaction"]
+
+log = logging.getLogger(__name__)
 
 # How long a writer waits for another's lock (an import's final transaction, say)
 # before giving up with "database is locked".
@@ -212,6 +215,12 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations, each in its own transaction. Returns the new version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for target in range(version + 1, SCHEMA_VERSION + 1):
+        if version:  # a new file's first steps are not an upgrade worth announcing
+            log.info(
+                "upgrading the registry schema to version %d (may take minutes on tens of "
+                "millions of rows)",
+                target,
+            )
         with transaction(conn):
             for statement in _split(MIGRATIONS[target - 1]):
                 conn.execute(statement)

@@ -204,7 +204,7 @@ def test_schema_version_and_append_only(tmp_path):
         store.connect(tmp_path / "missing.db")
 
 
-def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path):
+def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path, caplog):
     """Schema 1 kept points in their own table; schema 2 keeps each on its identifier."""
     path = tmp_path / "v1.db"
     conn = store.connect(path, create=True)
@@ -229,7 +229,9 @@ def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path):
                          [("u0",), ("u1",)])
     conn.close()
 
-    conn = store.connect(path)  # migrates
+    with caplog.at_level("INFO", logger="psi_server.store"):
+        conn = store.connect(path)  # migrates
+    assert "upgrading the registry schema to version 2" in caplog.text
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
     assert store.integrity_ok(conn)
     assert not conn.execute("SELECT name FROM sqlite_schema WHERE name = 'points'").fetchall()
