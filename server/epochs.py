@@ -73,7 +73,8 @@ class _Table:
         """Index shuffled rows, dropping repeats (a value shared by several users)."""
         keys = np.ascontiguousarray(rows[:, :8]).view(np.uint64).ravel()
         order = np.argsort(keys)
-        same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+        keys = keys[order]
+        same = np.flatnonzero(keys[1:] == keys[:-1])
         if len(same):
             first, second = order[same], order[same + 1]
             repeat = second[(rows[first] == rows[second]).all(axis=1)]
@@ -81,7 +82,7 @@ class _Table:
                 rows = np.delete(rows, repeat, axis=0)
                 return cls.build(id_type, rows)
         snap = TableSnapshot(rows, np.zeros(len(rows), dtype=bool), np.empty((0, 32), np.uint8), 0)
-        return cls(id_type, snap, keys[order], order)
+        return cls(id_type, snap, keys, order)
 
     def _base_positions(self, rows: np.ndarray) -> np.ndarray:
         """Base position of each row, or -1 where the row is not in the base table."""
@@ -199,7 +200,10 @@ class EpochManager:
             for id_type, done in parts.items():
                 rows = np.concatenate(done) if done else np.empty((0, 32), np.uint8)
                 done.clear()
-                tables[id_type] = _Table.build(id_type, shuffled(rows))
+                # Rebinding frees the unshuffled copy before indexing adds its arrays, so
+                # the peak holds two copies of the table, not three.
+                rows = shuffled(rows)
+                tables[id_type] = _Table.build(id_type, rows)
             conn.execute("COMMIT")
         finally:
             conn.close()
