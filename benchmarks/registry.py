@@ -48,12 +48,18 @@ def _import(rows: int, db: Path) -> dict:
         csv_path = Path(tmp) / "users.csv"
         write_csv(_rows(rows), csv_path)
         sample = [b"email\x00" + i.to_bytes(32, "little") for i in range(min(rows, 200_000))]
-        start = time.perf_counter()
-        hash_to_curve(sample)
-        hash_all = len(sample) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        hash_to_curve(sample[:20_000], workers=1)
-        hash_one = 20_000 / (time.perf_counter() - start)
+
+        def hash_rates() -> tuple[float, float]:
+            start = time.perf_counter()
+            hash_to_curve(sample)
+            every = len(sample) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            hash_to_curve(sample[:20_000], workers=1)
+            return every, 20_000 / (time.perf_counter() - start)
+
+        # Hashing is timed before and after the import and the faster kept: a neighbour's
+        # burst during one short timing would otherwise flatter the import's ratio.
+        before = hash_rates()
         store.init(db)
         conn = store.connect(db)
         start = time.perf_counter()
@@ -61,6 +67,7 @@ def _import(rows: int, db: Path) -> dict:
             report = consent.import_file(conn, f, "csv", "bench")
         seconds = time.perf_counter() - start
         conn.close()
+        hash_all, hash_one = map(max, zip(before, hash_rates()))
     assert report.imported_rows == rows and not report.invalid_rows
     return {"rows": rows, "workers": workers, "import_s": seconds, "import_rows_per_s": rows / seconds,
             "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one, "peak_kib": _peak_kib()}
