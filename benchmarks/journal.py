@@ -2,8 +2,8 @@
 
 A full grid takes hours on two cores; an interrupted run should not have to start again.
 Each entry is keyed by what was measured (a section, or a system at a grid point) and
-stamped with when, by which command and at which commit it was measured, so the report can say which
-figures came from an earlier invocation.
+stamped with when, by which command and at which commit it was measured, so the report
+can say which figures came from an earlier invocation.
 """
 
 from __future__ import annotations

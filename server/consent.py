@@ -23,6 +23,7 @@ from psi import hash_to_curve
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import ID_TYPES, encode_identifier
 from psi.parallel import Executor, get_executor, imap
+from psi.points import as_points
 from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .store import transaction
@@ -426,15 +427,11 @@ def iter_table_points(
         for id_type, points in pending.items():
             points += [p for t, p in rows if t == id_type]
             if len(points) >= batch:
-                yield id_type, _stack(points)
+                yield id_type, as_points(b"".join(points))
                 points.clear()
     for id_type, points in pending.items():
         if points:
-            yield id_type, _stack(points)
-
-
-def _stack(points: list[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(points), dtype=np.uint8).reshape(-1, 32)
+            yield id_type, as_points(b"".join(points))
 
 
 def table_points(
@@ -455,4 +452,4 @@ def table_points(
             flt = "%s AND user_id IN (%s)" % (where, ",".join(f":{k}" for k in names))
             rows += conn.execute(_table_query(flt, cap), {**params, **names}).fetchall()
     unique = {value_hash: point for _, value_hash, point in rows}
-    return list(unique), _stack(list(unique.values()))
+    return list(unique), as_points(b"".join(unique.values()))

@@ -26,6 +26,7 @@ import numpy as np
 from psi import Key
 from psi.identifiers import ID_TYPES
 from psi.parallel import Executor
+from psi.points import as_points
 from psi.protocol import shuffled
 
 from . import store
@@ -280,20 +281,15 @@ class EpochManager:
             )
             owners.update(u for (u,) in conn.execute(q, [id_type, *part]))
         hashes, points = table_points(conn, id_type, self.cap, sorted(owners))
-        wanted = {h for h in hashes if h in values}
-        present = [p for h, p in zip(hashes, points) if h in wanted]
-        absent_hashes = sorted(values - wanted)
+        present = points[np.array([h in values for h in hashes], dtype=bool)]
+        absent_hashes = sorted(values.difference(hashes))
         absent = []
         for i in range(0, len(absent_hashes), 900):
             part = absent_hashes[i : i + 900]
             q = "SELECT DISTINCT point FROM identifiers WHERE id_type = ? AND value_hash IN (%s)"
             q %= ",".join("?" * len(part))
             absent += [p for (p,) in conn.execute(q, [id_type, *part])]
-
-        def stack(rows) -> np.ndarray:
-            return np.frombuffer(b"".join(bytes(r) for r in rows), np.uint8).reshape(-1, 32)
-
-        return stack(present), stack(absent)
+        return present, as_points(b"".join(absent))
 
     def snapshot(self, id_type: str) -> tuple[Epoch, TableSnapshot]:
         """The current epoch and its table for ``id_type``, up to date with every change
