@@ -343,6 +343,29 @@ def _rounds(ep: dict) -> str:
     return f" (median of {ep['rounds']} alternating rounds: {each})"
 
 
+def _import_ceiling(imp: dict) -> list[list[str]]:
+    """The fastest the import could be on these cores given what each row costs: hashing,
+    reading and validating, and the final transaction, spread over every core with no
+    overhead at all. (Older journal entries did not time the parts.)"""
+    if "store_s" not in imp:
+        return []
+    workers, rows = imp["workers"], imp["rows"]
+    hashing, reading = 1 / imp["hash_per_s_one_worker"], imp["reading_cpu_s_per_row"]
+    storing = imp["store_s"] / rows
+    ceiling = workers / (hashing + reading + storing)
+    needed = workers / (0.8 * imp["hash_per_s_all_workers"]) - hashing - reading
+    us = 1e6
+    eighty = (f"80% would need the transaction at {needed * us:.1f} us per row" if needed > 0 else
+              "80% is out of reach even if the transaction cost nothing")
+    return [[
+        "ceiling for the import on these cores", f"{ceiling:,.0f} rows/s",
+        f"at most {ceiling / imp['hash_per_s_all_workers']:.0%} of `hash_to_curve`, {workers} workers: "
+        f"CPU per row of hashing {hashing * us:.1f} us + reading, validating and staging "
+        f"{reading * us:.1f} us + the final transaction {storing * us:.1f} us ({imp['store_s']:.1f} s, "
+        f"one writer), spread over {workers} cores with no overhead; {eighty}", "",
+    ]]
+
+
 def _registry(r: dict) -> list[str]:
     imp, ep = r["import"], r["epoch"]
     ratio_all = imp["import_rows_per_s"] / imp["hash_per_s_all_workers"]
@@ -354,6 +377,7 @@ def _registry(r: dict) -> list[str]:
         [f"`hash_to_curve`, {imp['workers']} workers", f"{imp['hash_per_s_all_workers']:,.0f} /s",
          f"import = {ratio_all:.0%} of it", _status(ratio_all >= 0.8)],
         ["`hash_to_curve`, 1 worker", f"{imp['hash_per_s_one_worker']:,.0f} /s", f"import = {ratio_one:.0%} of it", ""],
+        *_import_ceiling(imp),
         ["epoch build (read, exponentiate, shuffle, index)", f"{ep['epoch_per_s']:,.0f} entries/s",
          f"{ep['entries']:,} entries in {ep['epoch_s']:.1f} s; peak {_mib(ep['peak_kib'])} MiB "
          f"({_mib(ep['peak_before_build_kib'])} before)", ""],

@@ -130,6 +130,25 @@ def test_latest_update_wins_whatever_the_row_order(reg):
     assert state == {"u1": "revoked", "u2": "revoked"}
 
 
+def test_final_transaction_is_announced_before_it_starts_and_timed(reg):
+    path, conn = reg
+    seen = []
+
+    def applying(rows):
+        # Called once the file is read, while the registry still holds nothing of it.
+        other = store.connect(path)
+        seen.append((rows, counts(other)))
+        other.close()
+
+    data = (HEADER + GOOD + GOOD + "u2,email,b@example.com,account,granted,2026-01-01T00:00:00Z\n"
+            + "u3,email,nope,account,granted,2026-01-01T00:00:00Z\n").encode()
+    report = consent.import_file(conn, data.splitlines(keepends=True), "csv", "test",
+                                 workers=1, on_apply=applying)
+    assert seen == [(3, (0, 0, 0, 0))]  # valid rows staged, duplicate included; none written
+    assert counts(conn) == (2, 2, 2, 2)
+    assert report.apply_seconds > 0
+
+
 def test_cli_import_reports_and_exit_code(tmp_path):
     path = tmp_path / "r.db"
     bad = tmp_path / "users.csv"
@@ -141,6 +160,7 @@ def test_cli_import_reports_and_exit_code(tmp_path):
     assert out.returncode == 3
     report = json.loads(out.stdout)
     assert report["errors"] == [{"line": 3, "reason": "identifier: invalid email: must contain exactly one '@'"}]
+    assert report["imported_rows"] == 1 and report["apply_seconds"] >= 0
     assert "nope" not in out.stdout + out.stderr
     out = subprocess.run(run + ["consent", "import", "--db", str(tmp_path / "none.db"), str(bad)],
                          capture_output=True, text=True)
