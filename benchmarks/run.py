@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
     dask_rows = section("dask", lambda: dask_throughput.run(args.quick))
 
+    # Read before the plots are written: the harness's own output must not count as an
+    # edit to the tree it measured.
+    environment_now = environment.describe()
     (HERE / "plots").mkdir(exist_ok=True)
     plots.throughput_vs_workers(measured, HERE / "plots" / "throughput_vs_workers.png")
     plots.time_vs_m(compared["rows"], HERE / "plots" / "time_vs_m.png")
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "started": started,
         "seconds": time.perf_counter() - clock,
         "load": (load_start, os.getloadavg()[0]),
-        "environment": environment.describe(),
+        "environment": environment_now,
         "primitives": measured,
         "comparison": compared,
         "dask": dask_rows,
