@@ -76,13 +76,14 @@ def cmd_consent_import(args) -> int:
             TimeRemainingColumn(), console=err, transient=False,
         ) as progress:
             task = progress.add_task("import", total=path.stat().st_size)
-            writing = []
+            writing = []  # the spinner, once the file is read
 
             def applying(rows: int) -> None:
                 # Nothing left to count in bytes: a spinner says the import is still working.
                 progress.stop()
-                writing.append(err.status(f"writing {rows:,} rows in one transaction"))
-                writing[0].start()
+                spinner = err.status(f"writing {rows:,} rows in one transaction")
+                spinner.start()
+                writing.append(spinner)
 
             try:
                 report = consent.import_file(
@@ -96,8 +97,8 @@ def cmd_consent_import(args) -> int:
                     on_apply=applying,
                 )
             finally:
-                for status in writing:
-                    status.stop()
+                for spinner in writing:
+                    spinner.stop()
     except consent.ImportFileError as exc:
         err.print(f"[red]error:[/] {path.name}: {exc}. Nothing was imported.")
         return EXIT_INPUT
