@@ -38,7 +38,7 @@ bench-quick: $(STAMP)
 # Regenerate the gRPC code committed under proto/ (tests fail when it is stale).
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
-		--grpc_python_out=proto proto/psi_proto/v1/matcher.proto
+		--grpc_python_out=proto proto/psi_proto/v2/matcher.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,8 +1,8 @@
 """The product end to end: ``psi-server`` and ``psi-match`` as separate processes on
 loopback, over gRPC, from raw identifiers to the released count.
 
-The server imports its identifiers (hashing them once, as at ingest), builds its key
-epoch, and serves; the client runs one session. Noise is switched off explicitly so the
+The server imports its identifiers (hashing them once, as at ingest), loads its live
+matchable set, and serves; the client runs one session. Noise is switched off explicitly so the
 count can be checked. Each process's peak memory comes from ``wait4``, so the server, the
 client and the import are reported separately.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -41,14 +42,31 @@ def _hwm_kib(pid: int) -> int:
     return int(status.split("VmHWM:")[1].split()[0]) if "VmHWM:" in status else 0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + sys) of a process and of every live descendant (pool workers),
+    from ``/proc``: what the server spends on one session, read before and after it."""
+    total = 0
+    for proc in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _descendants(pid: int) -> list[int]:
+    """Every live descendant. A child is listed under the thread that started it, and the
+    pool's forkserver is started from whichever thread first needs the pool."""
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        try:
-            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
+        kids = []
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                kids += (task / "children").read_text().split()
+            except OSError:
+                continue
         found += map(int, kids)
         todo += map(int, kids)
     return found
@@ -128,7 +146,7 @@ def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dic
             token, _ = _run(SERVER + ["advertiser", "add", "--db", str(db), "bench", "--epsilon-budget", "1"], log)
         (root / "token").write_text(token)
         address = f"127.0.0.1:{_free_port()}"
-        with steps("server start (epoch build)"), log.open("ab") as err:
+        with steps("server start (live set build)"), log.open("ab") as err:
             server_proc = subprocess.Popen(
                 SERVER + ["serve", "--db", str(db), "--listen", address, "--insecure",
                           "--unsafe-exact-counts", "--min-list-size", "1", "--threshold", "0",
@@ -143,6 +161,7 @@ def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dic
                 server_proc.wait()
                 raise
         try:
+            server_cpu = _cpu_s(server_proc.pid)
             with steps("session (psi-match)"):
                 out, peaks["client"] = _run(
                     CLIENT + ["--server", address, "--token-file", str(root / "token"), "--id-type", "email",
@@ -150,6 +169,7 @@ def run_processes(client: list[str], server: list[str], steps) -> tuple[int, dic
                               str(listing)],
                     log,
                 )
+            steps.seconds["session: server CPU, all its processes"] = _cpu_s(server_proc.pid) - server_cpu
         finally:
             server_peak.sample()
             server_proc.send_signal(signal.SIGTERM)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from psi import encode_identifier
 from psi_client.session import ClientConfig, MatchFailed, match
 from psi_server import advertisers, consent, store
@@ -132,7 +134,8 @@ def run_load(
                 start.wait()
                 began = time.perf_counter()
                 try:
-                    out = match(cfg, "email", encoded[size], 0.01)
+                    items = encoded[size]
+                    out = match(cfg, items, np.arange(len(items)), len(items), ["email"], 0.01)
                     outcome = "ok"
                     wrong = out.noisy_count != truth[size]
                 except MatchFailed as exc:

@@ -8,13 +8,18 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from psi.identifiers import ID_TYPES
 
 from .input import InputError, read_list
-from .session import ClientConfig, MatchFailed, MatchResult, channel, get_budget, match
+from psi.noise import count_epsilon, epsilon_fraction
+from psi.protocol import Outcome
+
+from .session import ClientConfig, MatchFailed, channel, get_budget, match
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -33,7 +38,7 @@ _HINT = {
     "budget": "your privacy budget for this period is spent; it renews as old queries age out",
     "busy": "the server is at its session limit; retry in a moment",
     "input": "check the list",
-    "server": "the server could not complete the match; nothing was charged unless a count was shown",
+    "server": "the server could not complete the match; the message says whether it was charged",
 }
 
 
@@ -61,11 +66,13 @@ class _Bars:
         self.progress.advance(self.tasks[step], amount)
 
 
-def _interval(result: MatchResult) -> int | None:
+def _interval(result: Outcome) -> int | None:
     """Half-width of the central 95% interval of the discrete Laplace noise."""
     if not result.noise or result.epsilon_spent <= 0:
         return None
-    q = math.exp(-result.epsilon_spent / max(1, result.sensitivity))
+    # The count gets the session's epsilon but the share spent on the table size.
+    epsilon = count_epsilon(epsilon_fraction(result.epsilon_spent))
+    q = math.exp(-float(epsilon) / max(1, result.sensitivity))
     # P(|X| > k) = 2 q^(k+1) / (1 + q) <= 0.05
     return max(0, math.ceil(math.log(0.05 * (1 + q) / 2) / math.log(q) - 1))
 
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), console=err, transient=not err.is_terminal,
         ) as progress:
-            result = match(config, args.id_type, listing.encoded, args.epsilon, _Bars(progress), chan)
+            result = match(config, listing.encoded, np.arange(len(listing.encoded)), len(listing.encoded),
+                           [args.id_type], args.epsilon, _Bars(progress), chan)
     except MatchFailed as exc:
         return _fail(exc.kind, exc.message, args.json)
     finally:
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _report(result: MatchResult, listing, as_json: bool) -> None:
+def _report(result: Outcome, listing, as_json: bool) -> None:
     if as_json:
         print(json.dumps({
             "noisy_count": result.noisy_count,
@@ -194,7 +202,6 @@ def _report(result: MatchResult, listing, as_json: bool) -> None:
             "interval95": _interval(result),
             "table_size": result.table_size,
             "session_id": result.session_id,
-            "epoch_id": result.epoch_id,
         }))
         return
     out = Console()

@@ -1,8 +1,9 @@
 """Core of the consent-scoped PSI cardinality matcher.
 
 Pure computation over numpy arrays: identifier encoding, RFC 9380 hash to curve,
-batched X25519, exact intersection counting and the protocol steps of each party. No
-files, no network, no database; the server and client packages supply those.
+batched X25519, exact counting, differentially private noise, and each party's protocol
+as a state machine (``psi.protocol``). No files, no network, no database; the server and
+client packages supply those.
 """
 
 from .errors import (

@@ -12,7 +12,7 @@ import numpy as np
 
 __all__ = [
     "TRUNCATED",
-    "RowIndex",
+    "GroupIndex",
     "count_intersection",
     "is_strictly_sorted",
     "sort_rows",
@@ -119,30 +119,57 @@ def count_intersection(a, b) -> int:
     return count
 
 
-class RowIndex:
-    """A fixed set of rows, indexed once, to count members in a stream of distinct rows.
+class GroupIndex:
+    """A client's blinded items, each with the group (customer) it belongs to, indexed
+    once to count the groups hit by a stream of distinct rows.
 
-    Lets a server count against a returned set it never holds whole: memory stays at
-    the size of this set, whatever the length of the stream.
+    Lets a server count against a returned set it never holds whole. Holds 20 bytes per
+    16-byte item (two words and a 32-bit group number) once built.
     """
 
-    def __init__(self, rows) -> None:
-        words = _unique_rows(_native_words(rows))
-        self.size = len(words)
-        self._first = np.ascontiguousarray(words[:, 0])
-        self._rest = np.ascontiguousarray(words[:, 1:])
+    def __init__(self, rows, groups: np.ndarray, n_groups: int) -> None:
+        words = _native_words(rows)
+        order = np.argsort(words[:, 0], kind="stable")
+        self._first = np.ascontiguousarray(words[order, 0])
+        self._rest = np.ascontiguousarray(words[order, 1:])
+        self._group = np.ascontiguousarray(np.asarray(groups, dtype=np.uint32)[order])
+        del order
+        self._hit = np.zeros(n_groups, dtype=bool)
+        self.size = len(self._first)
 
-    def count(self, rows) -> int:
-        """How many of ``rows`` are in the set (``rows`` must be distinct)."""
+    def has_repeats(self) -> bool:
+        """True when two items are the same row."""
+        same = np.flatnonzero(self._first[1:] == self._first[:-1])
+        # Rows sharing a first word are adjacent but not necessarily next to their twin:
+        # compare each run of equal first words whole.
+        for start in same:
+            lo = start
+            while lo > 0 and self._first[lo - 1] == self._first[start]:
+                lo -= 1
+            hi = start + 2
+            while hi < self.size and self._first[hi] == self._first[start]:
+                hi += 1
+            run = self._rest[lo:hi]
+            if len(np.unique(run, axis=0)) < len(run):
+                return True
+        return False
+
+    def add(self, rows) -> None:
+        """Mark the groups of the items that are in ``rows`` (``rows`` must be distinct)."""
         words = _native_words(rows)
         if not len(words) or not self.size:
-            return 0
+            return
         lo = np.searchsorted(self._first, words[:, 0], side="left")
         hi = np.searchsorted(self._first, words[:, 0], side="right")
         span = hi - lo
-        single = span == 1
-        hits = int(np.count_nonzero((self._rest[lo[single]] == words[single, 1:]).all(axis=1)))
+        single = np.flatnonzero(span == 1)
+        at = lo[single]
+        match = (self._rest[at] == words[single, 1:]).all(axis=1)
+        self._hit[self._group[at[match]]] = True
         for i in np.flatnonzero(span > 1):
-            if (self._rest[lo[i] : hi[i]] == words[i, 1:]).all(axis=1).any():
-                hits += 1
-        return hits
+            equal = (self._rest[lo[i] : hi[i]] == words[i, 1:]).all(axis=1)
+            self._hit[self._group[lo[i] : hi[i]][equal]] = True
+
+    @property
+    def groups_hit(self) -> int:
+        return int(np.count_nonzero(self._hit))

@@ -15,7 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import InvalidPointError
-from .parallel import Executor, InlineExecutor, get_executor, imap
+from .parallel import Executor, InlineExecutor, Pipeline, get_executor, imap
 from .points import as_points, canonical_mask, off_curve_count
 
 __all__ = ["CHUNK", "Key"]
@@ -109,6 +109,12 @@ class Key:
                 raise InvalidPointError(malformed, off_curve, low_order)
             yield out
 
+    def pipeline(self, executor: Executor | None = None, *, check: bool = True) -> KeyPipeline:
+        """Exponentiation of chunks pushed one at a time, for a caller that receives them
+        from the network: see ``KeyPipeline``."""
+        pool = executor if executor is not None else get_executor()
+        return KeyPipeline(Pipeline(pool, _apply_chunk, self._scalar), check)
+
     def apply(
         self,
         points,
@@ -135,6 +141,42 @@ class Key:
         if not parts:
             return np.empty((0, 32), dtype=np.uint8)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+class KeyPipeline:
+    """``push(points)`` submits a chunk and returns the exponentiated chunks that are
+    ready, in order; ``finish()`` returns the rest. Raises ``InvalidPointError`` for the
+    first chunk with a bad point."""
+
+    def __init__(self, pipeline: Pipeline, check: bool) -> None:
+        self._pipeline = pipeline
+        self._check = check
+
+    @staticmethod
+    def _unpack(results) -> list[np.ndarray]:
+        out = []
+        for arr, malformed, off_curve, low_order in results:
+            if arr is None:
+                raise InvalidPointError(malformed, off_curve, low_order)
+            out.append(arr)
+        return out
+
+    def push(self, points) -> list[np.ndarray]:
+        try:
+            return self._unpack(self._pipeline.push(as_points(points), self._check))
+        except BaseException:
+            self._pipeline.cancel()
+            raise
+
+    def finish(self) -> list[np.ndarray]:
+        try:
+            return self._unpack(self._pipeline.finish())
+        except BaseException:
+            self._pipeline.cancel()
+            raise
+
+    def cancel(self) -> None:
+        self._pipeline.cancel()
 
 
 _FACTORY = object()

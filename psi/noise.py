@@ -8,14 +8,33 @@ randomness from the operating system unless a source is injected for tests.
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
-__all__ = ["RandomSource", "Release", "discrete_laplace", "epsilon_fraction", "release_count"]
+__all__ = [
+    "PADDING_DELTA",
+    "SIZE_SHARE",
+    "RandomSource",
+    "Release",
+    "SessionNoise",
+    "count_epsilon",
+    "discrete_laplace",
+    "epsilon_fraction",
+    "padding_offset",
+]
 
 EPSILON_RESOLUTION = 10**6  # epsilons are exact multiples of 1e-6
+# A session releases two numbers: the count, and the table size m' = m + padding. This
+# share of its epsilon goes to the size; the count keeps the rest, so its noise is only
+# 1/0.9 wider than if the size were free.
+SIZE_SHARE = Fraction(1, 10)
+# Probability that the padding's noise is clipped (the size release is
+# (epsilon_size, delta)-DP): below one in a billion sessions.
+PADDING_DELTA = 2.0**-30
 
 
 class RandomSource(Protocol):
@@ -85,20 +104,71 @@ class Release:
     suppressed: bool
     threshold: int
 
+    @classmethod
+    def of(cls, exact: int, noise: int, threshold: int) -> Release:
+        """``exact + noise``, suppressed below ``threshold``.
 
-def release_count(
-    exact: int,
-    epsilon: Fraction,
-    sensitivity: int,
-    threshold: int,
-    rng: RandomSource = _SYSTEM,
-) -> Release:
-    """``exact + DiscreteLaplace(sensitivity / epsilon)``, suppressed below ``threshold``.
+        Thresholding the noisy value is post-processing, so the release is as private as
+        the noise makes it; the exact count never leaves this function.
+        """
+        noisy = exact + noise
+        if noisy < threshold:
+            return cls(None, True, threshold)
+        return cls(noisy, False, threshold)
 
-    Thresholding the noisy value is post-processing, so the release stays
-    ``epsilon``-differentially private; the exact count never leaves this function.
+
+def padding_offset(sensitivity: int, epsilon: Fraction, delta: float = PADDING_DELTA) -> int:
+    """Dummies added before noise: an offset with ``P[offset + X <= sensitivity] <= delta``
+    for ``X ~ DiscreteLaplace(sensitivity / epsilon)``.
+
+    ``P[X <= -k] = q^k / (1 + q)`` with ``q = exp(-epsilon / sensitivity)``, so the offset is
+    ``sensitivity + ceil(ln(1 / (delta (1 + q))) / (epsilon / sensitivity))``. Public, so
+    floating point is fine here; one more dummy than the formula covers its rounding.
     """
-    noisy = exact + discrete_laplace(Fraction(sensitivity) / epsilon, rng)
-    if noisy < threshold:
-        return Release(None, True, threshold)
-    return Release(noisy, False, threshold)
+    rate = float(epsilon) / sensitivity
+    q = math.exp(-rate)
+    return sensitivity + math.ceil(math.log(1 / (delta * (1 + q))) / rate) + 1
+
+
+@dataclass(frozen=True)
+class SessionNoise:
+    """Both of a session's noise draws, made before any count exists.
+
+    ``count``: added to the exact count, at scale ``sensitivity / epsilon_count``.
+    ``padding``: dummies in the table, ``max(0, offset + X)`` with ``X`` at scale
+    ``sensitivity / epsilon_size``. Neighbouring tables differ by at most ``sensitivity``
+    real entries, so ``m + padding`` is (epsilon_size, PADDING_DELTA)-DP: outside the
+    clipped region, at most ``sensitivity`` below ``offset``, the two output distributions
+    are discrete Laplace distributions shifted by at most ``sensitivity``.
+    """
+
+    count: int
+    padding: int
+
+    @classmethod
+    def draw(
+        cls,
+        epsilon: Fraction,
+        sensitivity: int,
+        rng: RandomSource = _SYSTEM,
+        floor_seconds: float = 0.0,
+    ) -> SessionNoise:
+        """Draws both, taking at least ``floor_seconds``.
+
+        The sampler's running time grows with the values it returns; the floor, far above
+        that running time, keeps the time a caller can observe independent of the noise.
+        """
+        start = time.monotonic()
+        eps_size = epsilon - count_epsilon(epsilon)
+        count = discrete_laplace(Fraction(sensitivity) / count_epsilon(epsilon), rng)
+        offset = padding_offset(sensitivity, eps_size)
+        padding = max(0, offset + discrete_laplace(Fraction(sensitivity) / eps_size, rng))
+        left = floor_seconds - (time.monotonic() - start)
+        if left > 0:
+            time.sleep(left)
+        return cls(count, padding)
+
+
+def count_epsilon(epsilon: Fraction) -> Fraction:
+    """The part of a session's epsilon spent on its count."""
+    return epsilon * (1 - SIZE_SHARE)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 __all__ = [
     "Executor",
     "InlineExecutor",
+    "Pipeline",
     "ProcessExecutor",
     "cpu_count",
     "get_executor",
@@ -132,3 +133,38 @@ def imap(
     finally:
         for future in pending:
             future.cancel()
+
+
+class Pipeline:
+    """Push-based ``imap``: tasks are submitted as their inputs arrive (from the network,
+    say) and results come back in submission order.
+
+    ``push`` never waits for a task unless ``in_flight`` are outstanding, so a caller that
+    feeds chunks as they arrive keeps the executor busy while it reads the next one.
+    """
+
+    def __init__(self, executor: Executor, fn: Callable[..., Any], *fixed: Any, in_flight: int | None = None) -> None:
+        self._executor = executor
+        self._fn = fn
+        self._fixed = fixed
+        self._limit = in_flight or 2 * max(1, executor.workers)
+        self._pending: deque = deque()
+
+    def push(self, *args: Any) -> list[Any]:
+        """Submit one task; returns the results that are ready, oldest first."""
+        self._pending.append(self._executor.submit(self._fn, *self._fixed, *args))
+        ready = []
+        while self._pending and (len(self._pending) > self._limit or self._pending[0].done()):
+            ready.append(self._pending.popleft().result())
+        return ready
+
+    def finish(self) -> list[Any]:
+        """Wait for every outstanding task; their results, oldest first."""
+        results = []
+        while self._pending:
+            results.append(self._pending.popleft().result())
+        return results
+
+    def cancel(self) -> None:
+        while self._pending:
+            self._pending.popleft().cancel()

@@ -1,8 +1,9 @@
-"""Per-advertiser privacy budget over a rolling period, and the audit log of releases.
+"""Per-advertiser privacy budget over a rolling period, and the audit log of sessions.
 
-Checking and charging happen in one ``BEGIN IMMEDIATE`` transaction together with the
-audit row, before the count leaves the server: parallel sessions serialize on the write
-lock and cannot overspend, and a crash after the commit loses budget, never privacy.
+A session is checked, charged and recorded in one ``BEGIN IMMEDIATE`` transaction when
+it opens, before any table data leaves the server: parallel sessions serialize on the
+write lock and cannot overspend, and a session that then fails has still paid. What it
+releases is appended before it is sent, so every release is accounted for.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from psi.noise import EPSILON_RESOLUTION, Release
+from psi.protocol import SessionError, SessionRecord
 
 from .advertisers import Advertiser
-from .store import transaction
+from .store import connect, transaction
 
-__all__ = ["AuditEntry", "BudgetExhausted", "BudgetStatus", "audit_entries", "charge", "reset", "status"]
+__all__ = [
+    "AuditEntry",
+    "BudgetExhausted",
+    "BudgetStatus",
+    "RegistryLedger",
+    "audit_entries",
+    "charge",
+    "record_release",
+    "reset",
+    "status",
+]
 
 DAY = 86400.0
 
@@ -73,52 +85,85 @@ def status(conn: sqlite3.Connection, adv: Advertiser, now: float | None = None) 
     return BudgetStatus(adv.budget_micro, _spent(conn, adv, now), adv.period_days)
 
 
+def _utc(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def charge(
-    conn: sqlite3.Connection,
-    adv: Advertiser,
-    epsilon_micro: int,
-    release: Release,
-    *,
-    session_id: str,
-    epoch_id: str,
-    id_type: str,
-    n_items: int,
-    sensitivity: int,
-    noise: bool,
-    now: float | None = None,
+    conn: sqlite3.Connection, adv: Advertiser, record: SessionRecord, now: float | None = None
 ) -> BudgetStatus:
-    """Charge ``epsilon_micro`` and record the release, atomically; or raise
+    """Charge a session's epsilon and record the session, atomically; or raise
     ``BudgetExhausted`` having written nothing."""
     now = time.time() if now is None else now
     with transaction(conn):
         spent = _spent(conn, adv, now)
-        if spent + epsilon_micro > adv.budget_micro:
-            raise BudgetExhausted(max(0, adv.budget_micro - spent), epsilon_micro)
+        if spent + record.epsilon_micro > adv.budget_micro:
+            raise BudgetExhausted(max(0, adv.budget_micro - spent), record.epsilon_micro)
         conn.execute(
             "INSERT INTO budget_ledger (advertiser_id, charged_at, epsilon_micro, session_id, reason) "
             "VALUES (?, ?, ?, ?, 'release')",
-            (adv.id, now, epsilon_micro, session_id),
+            (adv.id, now, record.epsilon_micro, record.session_id),
         )
         conn.execute(
-            "INSERT INTO audit_log (advertiser_id, released_at, session_id, epoch_id, id_type, "
-            "n_items, epsilon_micro, sensitivity, threshold, noise, noisy_count, suppressed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (session_id, advertiser_id, opened_at, id_types, n_groups, "
+            "n_items, table_size, epsilon_micro, sensitivity, threshold, noise) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                record.session_id,
                 adv.id,
-                datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                session_id,
-                epoch_id,
-                id_type,
-                n_items,
-                epsilon_micro,
-                sensitivity,
-                release.threshold,
-                int(noise),
-                release.noisy_count,
-                int(release.suppressed),
+                _utc(now),
+                ",".join(record.id_types),
+                record.n_groups,
+                record.n_items,
+                record.table_size,
+                record.epsilon_micro,
+                record.sensitivity,
+                record.threshold,
+                int(record.noise),
             ),
         )
-    return BudgetStatus(adv.budget_micro, spent + epsilon_micro, adv.period_days)
+    return BudgetStatus(adv.budget_micro, spent + record.epsilon_micro, adv.period_days)
+
+
+def record_release(
+    conn: sqlite3.Connection, session_id: str, release: Release, now: float | None = None
+) -> None:
+    """Append what a session releases, before it is sent."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO releases (session_id, released_at, noisy_count, suppressed) VALUES (?, ?, ?, ?)",
+            (session_id, _utc(now), release.noisy_count, int(release.suppressed)),
+        )
+
+
+class RegistryLedger:
+    """The ``Ledger`` of a session: one advertiser's budget and the registry's audit
+    tables. A registry locked past its timeout (a long import, a full disk) fails the
+    step with UNAVAILABLE; the transaction rolled back, so nothing was written."""
+
+    def __init__(self, db_path: str, advertiser: Advertiser) -> None:
+        self.db_path = db_path
+        self.advertiser = advertiser
+
+    def _write(self, step, *args):
+        conn = connect(self.db_path)
+        try:
+            return step(conn, *args)
+        except BudgetExhausted as exc:
+            raise SessionError("RESOURCE_EXHAUSTED", str(exc), "budget") from None
+        except sqlite3.OperationalError:
+            raise SessionError(
+                "UNAVAILABLE", "the registry is busy; retry later", "busy"
+            ) from None
+        finally:
+            conn.close()
+
+    def open(self, record: SessionRecord) -> float:
+        return self._write(charge, self.advertiser, record).remaining
+
+    def release(self, session_id: str, release: Release) -> None:
+        self._write(record_release, session_id, release)
 
 
 def reset(conn: sqlite3.Connection, adv: Advertiser, now: float | None = None) -> None:
@@ -134,40 +179,46 @@ def reset(conn: sqlite3.Connection, adv: Advertiser, now: float | None = None) -
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One charged session and what it released (nothing, if it ended without a release)."""
+
     advertiser: str
-    released_at: str
+    opened_at: str
     session_id: str
-    epoch_id: str
-    id_type: str
+    id_types: str
+    n_groups: int
     n_items: int
+    table_size: int | None
     epsilon: float
     sensitivity: int
     threshold: int
     noise: bool
+    released_at: str | None
     noisy_count: int | None
-    suppressed: bool
+    suppressed: bool | None
 
 
 def audit_entries(
     conn: sqlite3.Connection, advertiser: str | None = None, limit: int | None = None
 ) -> list[AuditEntry]:
     query = (
-        "SELECT a.name, l.released_at, l.session_id, l.epoch_id, l.id_type, l.n_items, "
-        "l.epsilon_micro, l.sensitivity, l.threshold, l.noise, l.noisy_count, l.suppressed "
-        "FROM audit_log AS l JOIN advertisers AS a ON a.id = l.advertiser_id"
+        "SELECT a.name, s.opened_at, s.session_id, s.id_types, s.n_groups, s.n_items, "
+        "s.table_size, s.epsilon_micro, s.sensitivity, s.threshold, s.noise, r.released_at, "
+        "r.noisy_count, r.suppressed "
+        "FROM sessions AS s JOIN advertisers AS a ON a.id = s.advertiser_id "
+        "LEFT JOIN releases AS r ON r.session_id = s.session_id"
     )
     params: list = []
     if advertiser is not None:
         query += " WHERE a.name = ?"
         params.append(advertiser)
-    query += " ORDER BY l.id DESC"
+    query += " ORDER BY s.id DESC"
     if limit:
         query += " LIMIT ?"
         params.append(limit)
     return [
         AuditEntry(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6] / EPSILON_RESOLUTION, r[7], r[8],
-            bool(r[9]), r[10], bool(r[11]),
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] / EPSILON_RESOLUTION, r[8], r[9],
+            bool(r[10]), r[11], r[12], None if r[13] is None else bool(r[13]),
         )
         for r in conn.execute(query, params)
     ]

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from psi.protocol import Policy
+
 from . import advertisers, budget, consent, store
-from .session import Policy
 
 err = Console(stderr=True, soft_wrap=True)
 EXIT_USAGE = 2
@@ -226,15 +227,19 @@ def cmd_audit(args) -> int:
         for e in entries:
             print(json.dumps(e.__dict__))
         return 0
-    table = Table(title="releases (newest first)")
-    for col in ("time", "advertiser", "id type", "n", "epsilon", "released", "epoch", "session"):
+    table = Table(title="sessions (newest first); each was charged when it opened")
+    for col in ("opened", "advertiser", "id types", "customers", "table", "epsilon", "released", "session"):
         table.add_column(col)
     for e in entries:
-        shown = f"< {e.threshold}" if e.suppressed else str(e.noisy_count)
-        if not e.noise:
-            shown += " (EXACT, test server)"
-        table.add_row(e.released_at, e.advertiser, e.id_type, str(e.n_items), f"{e.epsilon:g}", shown,
-                      e.epoch_id, e.session_id)
+        if e.released_at is None:
+            shown = "nothing (ended early)"
+        else:
+            shown = f"< {e.threshold}" if e.suppressed else str(e.noisy_count)
+            if not e.noise:
+                shown += " (EXACT, test server)"
+        table.add_row(e.opened_at, e.advertiser, e.id_types, str(e.n_groups),
+                      "-" if e.table_size is None else str(e.table_size), f"{e.epsilon:g}", shown,
+                      e.session_id)
     Console().print(table)
     return 0
 
@@ -263,7 +268,6 @@ def cmd_serve(args) -> int:
         db=args.db, listen=args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
         client_ca=args.client_ca, insecure=args.insecure, policy=policy, workers=args.workers,
         executor=executor, identifiers_per_user=args.identifiers_per_user,
-        epoch_period=args.epoch_hours * 3600, rotate_after_revocation=args.rotate_after_revocation_minutes * 60,
         max_sessions=args.max_sessions, max_sessions_per_advertiser=args.max_sessions_per_advertiser,
         session_timeout=args.session_timeout, grace=args.grace,
     )
@@ -336,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
         sp.set_defaults(func=cmd_advertiser_token, action=action)
 
-    sp = sub.add_parser("audit", help="read the release audit log")
+    sp = sub.add_parser("audit", help="read the audit log of sessions and releases")
     db(sp)
     sp.add_argument("--advertiser")
     sp.add_argument("--limit", type=_positive_int, default=100)
@@ -356,15 +360,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--executor", help=EXECUTOR_HELP)
     sp.add_argument("--identifiers-per-user", type=_positive_int, default=1,
                     help="cap per user and id type in the table; the noise sensitivity (default 1)")
-    sp.add_argument("--min-list-size", type=_positive_int, default=100)
+    sp.add_argument("--min-list-size", type=_positive_int, default=100, help="fewest customers in a list")
     sp.add_argument("--max-list-size", type=_positive_int, default=10_000_000,
-                    help="largest list accepted (the server holds 16 bytes per item per session)")
+                    help="most identifiers in a list (the server holds about 20 bytes per item per session)")
     sp.add_argument("--threshold", type=int, default=100, help="counts below this are reported as 'fewer than'")
     sp.add_argument("--epsilon-min", type=float, default=0.01)
     sp.add_argument("--epsilon-max", type=float, default=1.0)
-    sp.add_argument("--epoch-hours", type=float, default=24.0, help="key rotation period (default 24)")
-    sp.add_argument("--rotate-after-revocation-minutes", type=float, default=60.0,
-                    help="rotate the key this soon after a revocation (default 60)")
     sp.add_argument("--max-sessions", type=_positive_int, default=16)
     sp.add_argument("--max-sessions-per-advertiser", type=_positive_int, default=2)
     sp.add_argument("--session-timeout", type=float, default=3600.0, help="seconds (default 3600)")

@@ -1,5 +1,6 @@
 """Consent registry operations: bulk import, single grants and revocations, and the
-query that turns the ``matchable`` view into table entries.
+reads that keep the live matchable set current (what belongs in the tables, and the
+change log).
 
 An import is staged first and applied in one transaction at the end: a file whose last
 line revokes a consent granted on its first line must never be half applied, and a
@@ -27,15 +28,20 @@ from psi.parallel import Executor, get_executor, imap
 from psi.points import as_points
 from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
-from .store import transaction
+from .store import BUSY_TIMEOUT_S, transaction
 
 __all__ = [
     "COLUMNS",
     "ImportFileError",
     "ImportReport",
     "import_file",
+    "MatchableRows",
+    "change_log_position",
+    "changed_identifiers",
+    "iter_matchable",
+    "matchable_of_users",
+    "prune_change_log",
     "record_consent",
-    "table_points",
 ]
 
 COLUMNS = ("user_id", "id_type", "identifier", "purpose", "consent", "updated_at")
@@ -389,77 +395,123 @@ def record_consent(
     return recorded, unknown
 
 
-def _table_query(where: str, cap: int, hashes: bool = True) -> str:
-    """Rows ``(id_type, value_hash, point)`` of the tables, from the ``matchable`` view
-    (``(id_type, point)`` without ``hashes``).
+def _table_query(where: str, cap: int) -> str:
+    """Rows ``(identifier id, id_type, point)`` of the tables, from the ``matchable`` view.
 
     Each user contributes at most ``cap`` identifiers of a type (the noise sensitivity):
     the earliest recorded ones. Grouping by ``(user_id, id_type)`` follows the identifiers'
-    unique index, so one scan in user order serves every type; a filter on the type is
-    written ``+id_type`` so that SQLite keeps that scan instead of one by value (random
-    order, so random lookups of users and purposes: 7x slower). The common cap of one
-    needs only a grouped minimum, cheaper than a window.
+    unique index, so one scan in user order serves every type. The common cap of one needs
+    only a grouped minimum, cheaper than a window.
     """
     if cap == 1:
         # SQLite takes a bare column of a MIN() aggregate from the row holding the minimum.
         chosen = f"""
-SELECT id_type, value_hash, MIN(identifier_id) AS id
+SELECT id_type, MIN(identifier_id) AS id
   FROM matchable {where}
  GROUP BY user_id, id_type"""
     else:
         chosen = f"""
-SELECT id_type, value_hash, id FROM (
-    SELECT id_type, value_hash, identifier_id AS id,
+SELECT id_type, id FROM (
+    SELECT id_type, identifier_id AS id,
            ROW_NUMBER() OVER (PARTITION BY user_id, id_type ORDER BY identifier_id) AS rank
       FROM matchable {where}
 ) WHERE rank <= :cap"""
     # The point is fetched per chosen row in a scalar subquery rather than by a join: a
     # join would make SQLite compute every chosen row before returning the first, and the
-    # pool would wait for that instead of starting on the first batch.
-    value_hash = "c.value_hash," if hashes else ""
+    # reader would wait for that instead of starting on the first batch.
     return f"""
-SELECT c.id_type, {value_hash} (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
+SELECT c.id, c.id_type, (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
   FROM ({chosen}) AS c
 """
 
 
-def iter_table_points(
-    conn: sqlite3.Connection, cap: int, batch: int = 4096
-) -> Iterator[tuple[str, np.ndarray]]:
-    """``(id_type, hashed points)`` of every table, in batches of one type, as read.
+@dataclass
+class MatchableRows:
+    """Identifiers that belong in the tables: row ids, type codes (index in ``ID_TYPES``)
+    and hashed points, aligned."""
 
-    A value shared by several users is yielded once per user; the caller removes the
-    repeats (cheaper on the blinded rows than in SQL).
-    """
-    pending: dict[str, list[bytes]] = {t: [] for t in ID_TYPES}
-    cur = conn.execute(_table_query("", cap, hashes=False), {"cap": cap})
+    ids: np.ndarray
+    types: np.ndarray
+    points: np.ndarray
+
+    @classmethod
+    def of(cls, rows: list[tuple[int, str, bytes]]) -> MatchableRows:
+        code = {t: i for i, t in enumerate(ID_TYPES)}
+        return cls(
+            np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+            np.fromiter((code[r[1]] for r in rows), np.uint8, len(rows)),
+            as_points(b"".join(r[2] for r in rows)),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[MatchableRows]) -> MatchableRows:
+        if not parts:
+            return cls.of([])
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.types for p in parts]),
+            np.concatenate([p.points for p in parts]),
+        )
+
+
+def iter_matchable(conn: sqlite3.Connection, cap: int, batch: int = 65536) -> Iterator[MatchableRows]:
+    """Every identifier that belongs in a table, in batches as read."""
+    cur = conn.execute(_table_query("", cap), {"cap": cap})
     while rows := cur.fetchmany(batch):
-        for id_type, points in pending.items():
-            points += [p for t, p in rows if t == id_type]
-            if len(points) >= batch:
-                yield id_type, as_points(b"".join(points))
-                points.clear()
-    for id_type, points in pending.items():
-        if points:
-            yield id_type, as_points(b"".join(points))
+        yield MatchableRows.of(rows)
 
 
-def table_points(
-    conn: sqlite3.Connection, id_type: str, cap: int, users: list[str] | None = None
-) -> tuple[list[bytes], np.ndarray]:
-    """Distinct value hashes and hashed points that belong in the table for ``id_type``.
+def _in_chunks(conn: sqlite3.Connection, query: str, values: list, extra: dict | None = None):
+    """``query`` (with ``{names}`` where a list of parameters goes) over ``values`` in
+    chunks below SQLite's parameter limit."""
+    for i in range(0, len(values), _SQL_VARS):
+        names = {f"v{j}": v for j, v in enumerate(values[i : i + _SQL_VARS])}
+        sql = query.format(names=",".join(f":{k}" for k in names))
+        yield from conn.execute(sql, {**(extra or {}), **names})
 
-    With ``users``, only the contributions of those users (for incremental updates).
+
+def matchable_of_users(conn: sqlite3.Connection, cap: int, users: list[str]) -> MatchableRows:
+    """What these users contribute to the tables now."""
+    query = _table_query("WHERE user_id IN ({names})", cap)
+    return MatchableRows.of(list(_in_chunks(conn, query, users, {"cap": cap})))
+
+
+def change_log_position(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(latest sequence number, first one still kept)`` of the identifier change log.
+
+    A reader synced to a sequence number below ``first - 1`` has missed pruned changes.
     """
-    params = {"id_type": id_type, "cap": cap}
-    where = "WHERE +id_type = :id_type"
-    if users is None:
-        rows = conn.execute(_table_query(where, cap), params).fetchall()
-    else:
-        rows = []
-        for i in range(0, len(users), _SQL_VARS):
-            names = {f"u{j}": u for j, u in enumerate(users[i : i + _SQL_VARS])}
-            flt = "%s AND user_id IN (%s)" % (where, ",".join(f":{k}" for k in names))
-            rows += conn.execute(_table_query(flt, cap), {**params, **names}).fetchall()
-    unique = {value_hash: point for _, value_hash, point in rows}
-    return list(unique), as_points(b"".join(unique.values()))
+    (pruned,) = conn.execute("SELECT upto FROM identifier_changes_pruned").fetchone()
+    (latest,) = conn.execute("SELECT MAX(seq) FROM identifier_changes").fetchone()
+    return max(latest or 0, pruned), pruned + 1
+
+
+def changed_identifiers(conn: sqlite3.Connection, after: int, upto: int) -> tuple[np.ndarray, list[str]]:
+    """Identifiers whose table membership may have changed in ``(after, upto]`` (the
+    removed ones included), and the users of those that still exist."""
+    ids = [
+        i
+        for (i,) in conn.execute(
+            "SELECT DISTINCT identifier_id FROM identifier_changes WHERE seq > ? AND seq <= ?",
+            (after, upto),
+        )
+    ]
+    users = sorted(
+        {u for (u,) in _in_chunks(conn, "SELECT user_id FROM identifiers WHERE id IN ({names})", ids)}
+    )
+    return np.array(ids, dtype=np.int64), users
+
+
+def prune_change_log(conn: sqlite3.Connection, upto: int) -> bool:
+    """Drop the change log up to ``upto`` if the write lock is free now (never waits
+    behind an import); True when pruned."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        with transaction(conn):
+            conn.execute("DELETE FROM identifier_changes WHERE seq <= ?", (upto,))
+            conn.execute("UPDATE identifier_changes_pruned SET upto = MAX(upto, ?)", (upto,))
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

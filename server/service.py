@@ -1,40 +1,51 @@
-"""The gRPC shim: authentication, limits, status codes, health, TLS and shutdown.
+"""The gRPC pump: authentication, limits, status codes, health, TLS and shutdown.
 
-Protocol logic lives in ``session.py``; this module only moves messages and maps
-``SessionError`` to gRPC statuses.
+Protocol logic lives in ``psi.protocol.server``; this module only moves messages between
+the stream and a ``ServerSession`` and maps ``SessionError`` to gRPC statuses.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import queue
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from psi.parallel import Executor
-from psi_proto.v1 import matcher_pb2 as pb
-from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
+from psi.parallel import Executor, get_executor
+from psi.protocol import PROTOCOL_VERSION, Policy, ServerSession, SessionError
+from psi_proto.v2 import matcher_pb2 as pb
+from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 
 from . import advertisers, budget, store
-from .epochs import EpochManager
-from .session import Policy, SessionError, run_session
+from .live import LiveSet
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MatcherService", "ServerConfig", "is_loopback", "start_server", "wait_serving"]
 
-SERVICE_NAME = "psi.v1.Matcher"
+SERVICE_NAME = "psi.v2.Matcher"
+# Clients of earlier protocol versions call these; they are told which version to use.
+RETIRED_SERVICES = ("psi.v1.Matcher",)
 MAX_RECEIVE_BYTES = 1 << 20  # a chunk of points or digests is at most 512 KiB
+# Session errors name their gRPC status; every status a session can end with is here.
+STATUS = {
+    name: getattr(grpc.StatusCode, name)
+    for name in (
+        "INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+        "UNAUTHENTICATED", "UNAVAILABLE", "CANCELLED", "INTERNAL",
+    )
+}
 
 
 @dataclass
@@ -49,8 +60,6 @@ class ServerConfig:
     workers: int | None = None
     executor: Executor | None = None
     identifiers_per_user: int = 1
-    epoch_period: float = 24 * 3600.0
-    rotate_after_revocation: float = 3600.0
     max_sessions: int = 16
     max_sessions_per_advertiser: int = 2
     session_timeout: float = 3600.0
@@ -106,9 +115,10 @@ class _Slots:
 
 
 class MatcherService(pb_grpc.MatcherServicer):
-    def __init__(self, config: ServerConfig, epochs: EpochManager) -> None:
+    def __init__(self, config: ServerConfig, live: LiveSet, executor: Executor) -> None:
         self.config = config
-        self.epochs = epochs
+        self.live = live
+        self.executor = executor
         self.slots = _Slots(config.max_sessions, config.max_sessions_per_advertiser)
 
     def _authenticate(self, context: grpc.ServicerContext) -> advertisers.Advertiser:
@@ -124,7 +134,7 @@ class MatcherService(pb_grpc.MatcherServicer):
     def _abort(context: grpc.ServicerContext, err: SessionError) -> None:
         if err.reason:
             context.set_trailing_metadata((("psi-reason", err.reason),))
-        context.abort(getattr(grpc.StatusCode, err.code), err.message)
+        context.abort(STATUS[err.status], err.message)
 
     def Match(self, request_iterator, context):
         """One session. Requests arrive as raw bytes (see ``_handlers``) and are parsed
@@ -149,26 +159,43 @@ class MatcherService(pb_grpc.MatcherServicer):
 
         context.add_callback(end)
         timer.start()
+        session = ServerSession(
+            self.config.policy,
+            self.live,
+            budget.RegistryLedger(self.config.db, adv),
+            self.executor,
+        )
+        requests = _decoded(request_iterator)
         try:
-            yield from run_session(
-                _decoded(request_iterator),
-                adv,
-                self.config.db,
-                self.epochs,
-                self.config.policy,
-                self.config.workers,
-                self.config.executor,
-                cancelled=lambda: not context.is_active(),
+            first = next(requests, None)
+            if first is None:
+                session.end_of_stream()
+            yield from session.receive(first)
+            replies = _Reader(session, requests)
+            for msg in session.table():
+                if replies.failed.is_set() or not context.is_active():
+                    break
+                yield msg
+            yield from replies
+            log.info(
+                "session %s advertiser=%s types=%s customers=%d released",
+                session.session_id, adv.name, ",".join(session.id_types), session.n_groups,
             )
         except SessionError as err:
-            log.info("session for %s ended: %s %s", adv.name, err.code, err.message)
+            session.fail()
+            log.info("session for %s ended: %s %s%s", adv.name, err.status, err.message,
+                     " (charged)" if session.charged else "")
             self._abort(context, err)
         except grpc.RpcError:
-            log.info("session for %s ended: the client went away", adv.name)
+            session.fail()
+            log.info("session for %s ended: the client went away%s", adv.name,
+                     " (charged)" if session.charged else "")
         except Exception:
+            session.fail()
             if context.is_active():
                 log.exception("session for %s failed", adv.name)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error; nothing was charged")
+                charged = "the session was charged" if session.charged else "nothing was charged"
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error; {charged}")
         finally:
             end()
 
@@ -188,7 +215,44 @@ class MatcherService(pb_grpc.MatcherServicer):
             epsilon_spent=st.spent,
             epsilon_remaining=st.remaining,
             period_days=st.period_days,
+            epsilon_min=self.config.policy.epsilon_min,
+            epsilon_max=self.config.policy.epsilon_max,
         )
+
+
+class _Reader:
+    """Feeds the client's half of the stream to the session in a thread of its own, while
+    the table streams out; iterating it yields the session's replies (the result) once
+    the table has gone, and raises the reader's error."""
+
+    _END = object()
+
+    def __init__(self, session: ServerSession, requests: Iterator[pb.ClientMessage]) -> None:
+        self.session = session
+        self.requests = requests
+        self.failed = threading.Event()
+        self._out: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True, name="session-reader").start()
+
+    def _run(self) -> None:
+        try:
+            for msg in self.requests:
+                for reply in self.session.receive(msg):
+                    self._out.put(reply)
+                if self.session.state == "DONE":
+                    break
+            else:
+                self.session.end_of_stream()
+        except BaseException as exc:  # handed to the handler's thread
+            self.failed.set()
+            self._out.put(exc)
+        self._out.put(self._END)
+
+    def __iter__(self) -> Iterator[pb.ServerMessage]:
+        while (item := self._out.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 def _decoded(raw_messages) -> Iterator[pb.ClientMessage]:
@@ -197,13 +261,27 @@ def _decoded(raw_messages) -> Iterator[pb.ClientMessage]:
         try:
             msg.ParseFromString(raw)
         except DecodeError:
-            raise SessionError("INVALID_ARGUMENT", "a message is not a valid psi.v1.ClientMessage") from None
+            raise SessionError("INVALID_ARGUMENT", "a message is not a valid psi.v2.ClientMessage") from None
         yield msg
 
 
-def _handlers(service: MatcherService) -> grpc.GenericRpcHandler:
-    """The generated registration, except that Match takes its requests undecoded."""
-    return grpc.method_handlers_generic_handler(
+def _retired(request, context):
+    context.abort(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"this server speaks protocol version {PROTOCOL_VERSION} ({SERVICE_NAME}); "
+        "upgrade psi-match to 0.2 or later",
+    )
+
+
+def _retired_stream(request_iterator, context):
+    _retired(None, context)
+    yield  # pragma: no cover - abort raises
+
+
+def _handlers(service: MatcherService) -> list[grpc.GenericRpcHandler]:
+    """The generated registration, except that Match takes its requests undecoded; and
+    the services of earlier protocol versions, which refuse with the version to use."""
+    current = grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
             "Match": grpc.stream_stream_rpc_method_handler(
@@ -218,6 +296,17 @@ def _handlers(service: MatcherService) -> grpc.GenericRpcHandler:
             ),
         },
     )
+    retired = [
+        grpc.method_handlers_generic_handler(
+            name,
+            {
+                "Match": grpc.stream_stream_rpc_method_handler(_retired_stream, request_deserializer=bytes),
+                "GetBudget": grpc.unary_unary_rpc_method_handler(_retired, request_deserializer=bytes),
+            },
+        )
+        for name in RETIRED_SERVICES
+    ]
+    return [current, *retired]
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -238,7 +327,7 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
-    epochs: EpochManager
+    live: LiveSet
     service: MatcherService
     stop_event: threading.Event
 
@@ -252,16 +341,10 @@ class RunningServer:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    """Listen at once (health says NOT_SERVING), build the first epoch, then serve."""
+    """Listen at once (health says NOT_SERVING), build the live set, then serve."""
     creds = _credentials(config)
-    epochs = EpochManager(
-        config.db,
-        cap=config.identifiers_per_user,
-        workers=config.workers,
-        executor=config.executor,
-        period=config.epoch_period,
-        rotate_after_revocation=config.rotate_after_revocation,
-    )
+    live = LiveSet(config.db, config.identifiers_per_user)
+    executor = config.executor if config.executor is not None else get_executor(config.workers)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2 * config.max_sessions + 8, thread_name_prefix="rpc"),
         options=[
@@ -271,8 +354,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
         maximum_concurrent_rpcs=2 * config.max_sessions + 8,
     )
-    service = MatcherService(config, epochs)
-    server.add_generic_rpc_handlers((_handlers(service),))
+    service = MatcherService(config, live, executor)
+    server.add_generic_rpc_handlers(_handlers(service))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -284,21 +367,10 @@ def start_server(config: ServerConfig) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     server.start()
-    epochs.start()
+    live.build()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health_servicer, epochs, service, threading.Event())
-    threading.Thread(target=_rotator, args=(running,), daemon=True, name="epoch-rotation").start()
-    return running
-
-
-def _rotator(running: RunningServer, poll: float = 5.0) -> None:
-    while not running.stop_event.wait(poll):
-        if running.epochs.rotation_due():
-            try:
-                running.epochs.rotate()
-            except Exception:
-                log.exception("epoch rotation failed; keeping the current epoch")
+    return RunningServer(server, port, health_servicer, live, service, threading.Event())
 
 
 def wait_serving(

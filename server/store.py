@@ -1,7 +1,8 @@
 """The registry database: one SQLite file in WAL mode, schema versioned by migrations.
 
-Append-only tables (consent events, budget ledger, audit log) are enforced by triggers,
-so even a bug elsewhere cannot rewrite history. No table holds an exact match count.
+Append-only tables (consent events, budget ledger, sessions, releases) are enforced by
+triggers, so even a bug elsewhere cannot rewrite history. No table holds an exact match
+count.
 """
 
 from __future__ import annotations
@@ -180,6 +181,89 @@ CREATE TRIGGER identifiers_point_update BEFORE UPDATE OF point ON identifiers
 WHEN NEW.point IS NULL OR length(NEW.point) <> 32
 BEGIN SELECT RAISE(ABORT, 'identifiers.point must be a 32-byte point'); END;
 """,
+    # 3: protocol version 2. The live matchable set follows changes per identifier: a
+    # change of a user's consent or purposes is logged for each of the user's identifiers
+    # (the per-user cap can move to another one), and a removed identifier by its row id
+    # alone, so the log never holds a user id or a value. AUTOINCREMENT keeps sequence
+    # numbers increasing after the log is pruned. Sessions are charged and recorded when
+    # opened, and what each released is appended when it releases; the audit log of
+    # version 1, which recorded only releases, is carried over into both.
+    """
+DROP TRIGGER consent_events_changed;
+DROP TRIGGER identifier_purposes_changed;
+DROP TABLE user_changes;
+CREATE TABLE identifier_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    identifier_id INTEGER NOT NULL
+);
+-- Everything before this sequence number has been pruned: a reader that synced to an
+-- earlier one must rebuild.
+CREATE TABLE identifier_changes_pruned (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    upto INTEGER NOT NULL
+);
+INSERT INTO identifier_changes_pruned (id, upto) VALUES (1, 0);
+CREATE TRIGGER consent_events_changed AFTER INSERT ON consent_events
+BEGIN
+    INSERT INTO identifier_changes (identifier_id)
+    SELECT id FROM identifiers WHERE user_id = NEW.user_id;
+END;
+CREATE TRIGGER identifier_purposes_added AFTER INSERT ON identifier_purposes
+BEGIN
+    INSERT INTO identifier_changes (identifier_id)
+    SELECT id FROM identifiers
+     WHERE user_id = (SELECT user_id FROM identifiers WHERE id = NEW.identifier_id);
+END;
+CREATE TRIGGER identifier_purposes_removed AFTER DELETE ON identifier_purposes
+BEGIN
+    INSERT INTO identifier_changes (identifier_id)
+    SELECT id FROM identifiers
+     WHERE user_id = (SELECT user_id FROM identifiers WHERE id = OLD.identifier_id);
+END;
+CREATE TRIGGER identifiers_removed AFTER DELETE ON identifiers
+BEGIN
+    INSERT INTO identifier_changes (identifier_id) VALUES (OLD.id);
+    INSERT INTO identifier_changes (identifier_id)
+    SELECT id FROM identifiers WHERE user_id = OLD.user_id;
+END;
+
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL UNIQUE,
+    advertiser_id INTEGER NOT NULL REFERENCES advertisers (id),
+    opened_at TEXT NOT NULL,
+    id_types TEXT NOT NULL,            -- comma-separated
+    n_groups INTEGER NOT NULL,         -- customers in the list
+    n_items INTEGER NOT NULL,
+    table_size INTEGER,                -- m' as released; NULL for version 1 sessions
+    epsilon_micro INTEGER NOT NULL,
+    sensitivity INTEGER NOT NULL,
+    threshold INTEGER NOT NULL,
+    -- 0 only on a server started with --unsafe-exact-counts: its releases are exact.
+    noise INTEGER NOT NULL CHECK (noise IN (0, 1))
+);
+CREATE INDEX sessions_by_advertiser ON sessions (advertiser_id, opened_at);
+CREATE INDEX sessions_by_time ON sessions (opened_at);
+
+-- The value sent, never the exact count (unless the session's noise is 0).
+CREATE TABLE releases (
+    session_id TEXT PRIMARY KEY REFERENCES sessions (session_id),
+    released_at TEXT NOT NULL,
+    noisy_count INTEGER,
+    suppressed INTEGER NOT NULL CHECK (suppressed IN (0, 1))
+) WITHOUT ROWID;
+
+INSERT INTO sessions (session_id, advertiser_id, opened_at, id_types, n_groups, n_items,
+                      table_size, epsilon_micro, sensitivity, threshold, noise)
+SELECT session_id, advertiser_id, released_at, id_type, n_items, n_items, NULL,
+       epsilon_micro, sensitivity, threshold, noise
+  FROM audit_log ORDER BY id;
+INSERT INTO releases (session_id, released_at, noisy_count, suppressed)
+SELECT session_id, released_at, noisy_count, suppressed FROM audit_log;
+DROP TABLE audit_log;
+"""
+    + _append_only("sessions")
+    + _append_only("releases"),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

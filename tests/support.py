@@ -16,12 +16,32 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from psi.protocol import SessionError
 from psi_server import advertisers, consent, store
 from psi_server.service import wait_serving
 from psi_server.synthetic import write_csv
 
 SERVER = [sys.executable, "-m", "psi_server.cli"]
 CLIENT = [sys.executable, "-m", "psi_client.cli"]
+
+
+class MemoryLedger:
+    """A ``Ledger`` in memory, for state machines driven without a registry."""
+
+    def __init__(self, budget_micro: int = 10**9) -> None:
+        self.budget_micro = budget_micro
+        self.opened = []
+        self.released = []
+
+    def open(self, record) -> float:
+        spent = sum(r.epsilon_micro for r in self.opened)
+        if spent + record.epsilon_micro > self.budget_micro:
+            raise SessionError("RESOURCE_EXHAUSTED", "privacy budget exhausted", "budget")
+        self.opened.append(record)
+        return (self.budget_micro - spent - record.epsilon_micro) / 1e6
+
+    def release(self, session_id, release) -> None:
+        self.released.append((session_id, release))
 
 
 def free_port() -> int:

@@ -1,12 +1,13 @@
 """The client's session driver over real gRPC: progress for every long step, and the
 table's exponentiation overlapping its download."""
 
+import numpy as np
 import pytest
 
 from psi import encode_identifier
+from psi.protocol import Policy
 from psi_client.session import ClientConfig, match
 from psi_server.service import ServerConfig, start_server
-from psi_server.session import Policy
 from psi_server.synthetic import advertiser_list, generate
 
 from .support import free_port, make_registry
@@ -31,11 +32,11 @@ class Recorder:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("client")
-    syn = generate(1500, seed=3)
+    syn = generate(3000, seed=3)  # a table of three messages
     db, token_file = make_registry(tmp, syn.rows)
     port = free_port()
     running = start_server(ServerConfig(db=db, listen=f"127.0.0.1:{port}", insecure=True, workers=1,
-                                        policy=Policy(noise=False, max_points_per_message=64,
+                                        policy=Policy(noise=False, max_points_per_message=1024,
                                                       max_digests_per_message=64)))
     yield syn, f"127.0.0.1:{port}", token_file.read_text().strip()
     running.stop(1)
@@ -44,10 +45,10 @@ def served(tmp_path_factory):
 def test_every_long_step_reports_progress_to_its_total(served):
     syn, address, token = served
     listing = advertiser_list(syn, 400, overlap=0.5, seed=9)
-    encoded = [encode_identifier("email", e) for e in listing]
+    encoded = list(dict.fromkeys(encode_identifier("email", e) for e in listing))
     rec = Recorder()
     out = match(ClientConfig(server=address, token=token, insecure=True, workers=2, min_table_size=10),
-                "email", encoded, 0.1, rec)
+                encoded, np.arange(len(encoded)), len(encoded), ["email"], 0.1, rec)
     assert out.noisy_count == len(set(listing) & syn.matchable)
     steps = ["hashing", "blinding", "uploading", "downloading", "exponentiating", "sorting", "returning"]
     assert set(rec.totals) == set(steps)
@@ -61,7 +62,7 @@ def test_table_exponentiation_overlaps_its_download(served):
     encoded = [encode_identifier("email", e) for e in advertiser_list(syn, 200, overlap=0.5, seed=10)]
     rec = Recorder()
     match(ClientConfig(server=address, token=token, insecure=True, workers=1, min_table_size=10),
-          "email", encoded, 0.1, rec)
+          encoded, np.arange(len(encoded)), len(encoded), ["email"], 0.1, rec)
     order = [step for kind, step in rec.events if kind == "advance" and step in ("downloading", "exponentiating")]
     last_download = len(order) - 1 - order[::-1].index("downloading")
     # chunks are exponentiated while later ones are still arriving

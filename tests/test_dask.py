@@ -18,10 +18,11 @@ from dask.base import tokenize
 
 from psi import InvalidPointError, Key, encode_identifier, hash_to_curve
 from psi.cluster import DaskExecutor, executor_from_spec
-from psi.intersection import sort_rows
 from psi.keys import _apply_chunk
 from psi.parallel import InlineExecutor, get_executor
-from psi.protocol import client, server
+from psi.protocol import ArrayTable, ClientSession, Policy, ServerSession, inprocess
+
+from .support import MemoryLedger
 
 pytestmark = pytest.mark.dask
 
@@ -74,28 +75,22 @@ def test_invalid_point_is_reported_through_the_cluster(executor, points):
         Key.generate().apply(bad, executor=executor)
 
 
-def _match(a, b, client_ids, server_ids, **where):
-    def hashed(ids):
-        msgs = [encode_identifier("email", f"u{i}@example.org") for i in ids]
-        return hash_to_curve(msgs, **where)
+def _match(client_ids, server_ids, executor):
+    """Both parties' sessions, every exponentiation and hash on ``executor``."""
+    def encoded(ids):
+        return [encode_identifier("email", f"u{i}@example.org") for i in ids]
 
-    table = server.build_table(b, hashed(server_ids), **where)
-    sent = client.blind(a, hashed(client_ids), **where)
-    chunks = (table[i : i + 400] for i in range(0, len(table), 400))
-    returned = client.double_blind_table(a, chunks, **where)
-    blinded = server.blind_client_set(b, sent, **where)
-    return returned, sort_rows(blinded), server.count(blinded, returned, len(table))
+    table = ArrayTable({"email": hash_to_curve(encoded(server_ids), executor=executor)})
+    items = encoded(client_ids)
+    client = ClientSession(items, np.arange(len(items)), len(items), ["email"], 0.1, executor, min_table_size=1)
+    server = ServerSession(Policy(noise=False, max_points_per_message=1024), table, MemoryLedger(), executor)
+    return inprocess.run(client, server).noisy_count
 
 
 def test_full_match_matches_local(executor):
     universe = np.random.default_rng(11).permutation(10_000)
     client_ids, server_ids = universe[:1_500], universe[500:3_000]
-    a, b = Key.generate(), Key.generate()
-    returned, blinded, count = _match(a, b, client_ids, server_ids, executor=executor)
-    local_returned, local_blinded, local_count = _match(a, b, client_ids, server_ids, workers=1)
-    assert count == local_count == 1_000
-    assert np.array_equal(returned, local_returned)
-    assert np.array_equal(blinded, local_blinded)
+    assert _match(client_ids, server_ids, executor) == _match(client_ids, server_ids, InlineExecutor()) == 1_000
 
 
 def test_killed_worker_mid_apply_gives_identical_result(executor, points):

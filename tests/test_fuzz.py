@@ -2,9 +2,9 @@
 protobuf values and as raw bytes on the wire), bearer tokens, consent imports and their
 timestamps, and the advertiser's list.
 
-Every input must end with an outcome the README documents, never a crash or a hang;
-a failed session charges nothing; the registry passes its integrity check; the server
-keeps serving; and no report echoes the content of a row.
+Every input must end with an outcome the README documents, never a crash or a hang; a
+session is charged exactly when it was accepted; the registry passes its integrity
+check; the server keeps serving; and no report echoes the content of a row.
 """
 
 from __future__ import annotations
@@ -38,19 +38,20 @@ from psi.intersection import sort_rows, truncate
 from psi.protocol import PROTOCOL_VERSION
 from psi.records import NOT_UTF8
 from psi_client.input import InputError, read_list
-from psi_proto.v1 import matcher_pb2 as pb
-from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
+from psi.protocol import MAX_GROUP_SIZE, Policy
+from psi_proto.v2 import matcher_pb2 as pb
+from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 from psi_server import consent, store
 from psi_server.service import ServerConfig, start_server
-from psi_server.session import Policy
 from psi_server.synthetic import generate
 
 from .support import free_port, make_registry
 
-LIMIT = 64  # points and digests per message on the test server
+LIMIT = MAX_GROUP_SIZE  # points per message on the test server (the least it may set)
+DIGEST_LIMIT = 64
 MIN_LIST = Policy().min_list_size
 CALL_TIMEOUT = 30.0  # generous on a shared 2-core machine; reaching it means a hang
-# The statuses the README and session.py document for a refused session.
+# The statuses the README documents for a refused session.
 DOCUMENTED = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.FAILED_PRECONDITION,
@@ -59,7 +60,7 @@ DOCUMENTED = frozenset({
     grpc.StatusCode.UNAUTHENTICATED,
 })
 # The server parses Match requests itself, so one that does not decode gets a precise status.
-UNDECODABLE = (grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid psi.v1.ClientMessage")
+UNDECODABLE = (grpc.StatusCode.INVALID_ARGUMENT, "a message is not a valid psi.v2.ClientMessage")
 MARK = "qzx"  # in generated identifiers; must never appear in a reported reason
 MIB = 1 << 20
 # Sessions after warm-up settle within a few MiB; one retained 1 MiB message per session
@@ -98,7 +99,7 @@ class Served:
     channel: grpc.Channel
     stub: pb_grpc.MatcherStub
     pool: np.ndarray  # distinct valid blinded points, enough for one list
-    tables: dict[str, int]  # table size per id type (the epoch does not rotate here)
+    tables: dict[str, int]  # table size per id type (no noise, so no padding, and no changes)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +108,14 @@ def served(tmp_path_factory):
     # A budget no run can exhaust, so an honest session after fuzzing still gets a count.
     db, token_file = make_registry(tmp, generate(400, seed=5).rows, budget=1e6)
     port = free_port()
-    policy = Policy(noise=False, max_points_per_message=LIMIT, max_digests_per_message=LIMIT)
+    policy = Policy(noise=False, max_points_per_message=LIMIT, max_digests_per_message=DIGEST_LIMIT)
     running = start_server(ServerConfig(db=db, listen=f"127.0.0.1:{port}", insecure=True,
                                         workers=1, policy=policy))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     hashed = hash_to_curve([encode_identifier("email", f"customer{i}@example.com")
                             for i in range(2 * MIN_LIST)], workers=1)
     pool = Key.generate().apply(hashed, workers=1, check=False)
-    tables = {t: running.epochs.snapshot(t)[1].size for t in ID_TYPES}
+    tables = {t: running.live.snapshot([t]).size for t in ID_TYPES}
     yield Served(db, token_file.read_text().strip(), channel, pb_grpc.MatcherStub(channel), pool, tables)
     channel.close()
     running.stop(1)
@@ -168,26 +169,28 @@ def call_match(served: Served, start, requests: list):
 
 def check_outcome(served: Served, replies, err, before: int) -> None:
     charged = ledger_rows(served.db) - before
+    accepted = bool(replies) and replies[0].HasField("accepted")
+    assert charged == int(accepted)  # charged exactly when accepted, whatever follows
     if err is None:
-        assert replies[0].HasField("accepted") and replies[-1].HasField("result")
+        assert accepted and replies[-1].HasField("result")
         assert all(r.HasField("table") for r in replies[1:-1])
-        assert charged == 1
         return
     assert err.code() != grpc.StatusCode.DEADLINE_EXCEEDED, "the server hung"
     assert err.code() in DOCUMENTED, (err.code(), err.details())
     assert err.details()
     assert not any(r.HasField("result") for r in replies)
-    assert charged == 0
 
 
-def open_message(version=PROTOCOL_VERSION, id_type="email", n=MIN_LIST, epsilon=0.1):
-    return pb.ClientMessage(open=pb.Open(protocol_version=version, id_type=id_type,
-                                         n_items=n, epsilon=epsilon))
+def open_message(version=PROTOCOL_VERSION, id_types=("email",), n=MIN_LIST, epsilon=0.1, groups=None):
+    return pb.ClientMessage(open=pb.Open(protocol_version=version, id_types=id_types,
+                                         n_groups=n if groups is None else groups, n_items=n, epsilon=epsilon))
 
 
 def packed(kind: str, rows: np.ndarray, step: int) -> list[pb.ClientMessage]:
-    if kind == "blinded":
-        return [pb.ClientMessage(blinded=pb.Points(points=rows[i : i + step].tobytes()))
+    """Items (one customer each) or returned digests, ``step`` per message."""
+    if kind == "items":
+        return [pb.ClientMessage(items=pb.Items(points=rows[i : i + step].tobytes(),
+                                                group_sizes=[1] * len(rows[i : i + step])))
                 for i in range(0, len(rows), step)]
     return [pb.ClientMessage(returned=pb.Digests(digests=rows[i : i + step].tobytes()))
             for i in range(0, len(rows), step)]
@@ -200,12 +203,13 @@ def random_digests(seed: int, m: int) -> np.ndarray:
 
 long_text = st.builds(operator.mul, st.text(min_size=1, max_size=3), st.integers(200, 400_000))
 versions = st.one_of(st.just(PROTOCOL_VERSION), st.integers(0, 2**32 - 1))
-id_types = st.one_of(
+id_type_names = st.one_of(
     st.sampled_from(ID_TYPES),
     st.sampled_from(["", "EMAIL", " email", "email\x00", "phone\n", "e\u0301mail", "\u0435mail"]),
     st.text(max_size=20),
     long_text,
 )
+id_types = st.lists(id_type_names, max_size=3)
 n_items = st.one_of(
     st.sampled_from([0, 1, MIN_LIST - 1, MIN_LIST, MIN_LIST + 1, 2**31, 2**32, 2**63, 2**64 - 1]),
     st.integers(0, 2**64 - 1),
@@ -215,9 +219,15 @@ epsilons = st.one_of(
                      float("inf"), float("-inf"), 1e308, 5e-324]),
     st.floats(),
 )
-fuzz_opens = st.builds(open_message, versions, id_types, n_items, epsilons)
-accepted_opens = st.builds(open_message, id_type=st.sampled_from(ID_TYPES), n=n_items,
-                           epsilon=st.floats(0.01, 1.0))
+group_counts = st.one_of(st.none(), n_items)
+fuzz_opens = st.builds(open_message, versions, id_types, n_items, epsilons, group_counts)
+accepted_opens = st.builds(open_message, id_types=st.lists(st.sampled_from(ID_TYPES), min_size=1, max_size=2,
+                                                           unique=True),
+                           n=n_items, epsilon=st.floats(0.01, 1.0), groups=group_counts)
+group_sizes = st.one_of(
+    st.lists(st.integers(0, 2**32 - 1), max_size=8),
+    st.lists(st.sampled_from([0, 1, 2, MAX_GROUP_SIZE, MAX_GROUP_SIZE + 1]), max_size=8),
+)
 byte_lengths = st.one_of(
     st.sampled_from([0, 1, 15, 16, 17, 31, 32, 33, 48, LIMIT * 16, LIMIT * 32,
                      (LIMIT + 1) * 16, (LIMIT + 1) * 32, LIMIT * 32 + 1]),
@@ -233,45 +243,49 @@ def fuzz_messages(pool: np.ndarray):
     return st.one_of(
         st.just(pb.ClientMessage()),
         fuzz_opens,
-        st.builds(lambda b: pb.ClientMessage(blinded=pb.Points(points=b)),
-                  st.one_of(random_bytes, pool_slices, oversized)),
+        st.builds(lambda b, sizes: pb.ClientMessage(items=pb.Items(points=b, group_sizes=sizes)),
+                  st.one_of(random_bytes, pool_slices, oversized),
+                  group_sizes),
         st.builds(lambda b: pb.ClientMessage(returned=pb.Digests(digests=b)),
                   st.one_of(random_bytes, oversized)),
     )
 
 
 def resized(msg: pb.ClientMessage, change: int) -> pb.ClientMessage:
-    """``msg`` (points or digests) with its packed bytes cut or extended by ``change``."""
-    kind = msg.WhichOneof("round")
-    body = getattr(msg, kind)
-    name = "points" if kind == "blinded" else "digests"
-    data = getattr(body, name)
+    """``msg`` (items or digests) with its packed bytes cut or extended by ``change``."""
+    data = msg.items.points if msg.WhichOneof("round") == "items" else msg.returned.digests
     data = data[:change] if change < 0 else data + blob(change, change)
-    return pb.ClientMessage(**{kind: type(body)(**{name: data})})
+    if msg.WhichOneof("round") == "items":
+        return pb.ClientMessage(items=pb.Items(points=data, group_sizes=msg.items.group_sizes))
+    return pb.ClientMessage(returned=pb.Digests(digests=data))
 
 
 def corrupt_point(msg: pb.ClientMessage, slot: int, point: bytes) -> pb.ClientMessage:
-    data = bytearray(msg.blinded.points)
+    data = bytearray(msg.items.points)
     at = 32 * (slot % (len(data) // 32))
     data[at : at + 32] = point
-    return pb.ClientMessage(blinded=pb.Points(points=bytes(data)))
+    return pb.ClientMessage(items=pb.Items(points=bytes(data), group_sizes=msg.items.group_sizes))
+
+
+def regrouped(msg: pb.ClientMessage, sizes: list[int]) -> pb.ClientMessage:
+    return pb.ClientMessage(items=pb.Items(points=msg.items.points, group_sizes=sizes))
 
 
 @st.composite
 def sessions(draw, pool: np.ndarray, tables: dict[str, int]):
     """``(messages, honest)``: a session that follows the protocol's shape (valid Open,
-    exactly n distinct valid points, |T| sorted digests), then 0-3 mutations of it; or
-    an arbitrary sequence. ``honest`` when nothing was mutated."""
+    exactly n distinct valid points in n groups, |T'| sorted digests), then 0-3 mutations
+    of it; or an arbitrary sequence. ``honest`` when nothing was mutated."""
     fuzz = fuzz_messages(pool)
     if draw(st.booleans()):
-        id_type = draw(st.sampled_from(ID_TYPES))
+        types = draw(st.lists(st.sampled_from(ID_TYPES), min_size=1, max_size=2, unique=True))
         k = draw(st.integers(MIN_LIST, len(pool)))
         n = draw(st.one_of(st.just(k), st.integers(k - 3, k + 3), n_items))
         start = draw(st.integers(0, len(pool) - k))
-        msgs = [open_message(id_type=id_type, n=n, epsilon=draw(st.floats(0.01, 1.0)))]
-        msgs += packed("blinded", pool[start : start + k], draw(st.integers(1, LIMIT)))
-        digests = random_digests(draw(st.integers(0, 2**32)), tables[id_type])
-        msgs += packed("returned", digests, draw(st.integers(1, LIMIT)))
+        msgs = [open_message(id_types=types, n=n, epsilon=draw(st.floats(0.01, 1.0)))]
+        msgs += packed("items", pool[start : start + k], draw(st.integers(1, LIMIT)))
+        digests = random_digests(draw(st.integers(0, 2**32)), sum(tables[t] for t in types))
+        msgs += packed("returned", digests, draw(st.integers(1, DIGEST_LIMIT)))
         honest = n == k
     else:
         msgs = [draw(st.one_of(accepted_opens, fuzz_opens, fuzz))] + draw(st.lists(fuzz, max_size=4))
@@ -279,7 +293,7 @@ def sessions(draw, pool: np.ndarray, tables: dict[str, int]):
     for _ in range(draw(st.integers(0, 3))):
         honest = False
         kind = draw(st.sampled_from(["insert", "replace", "delete", "duplicate", "swap", "truncate",
-                                     "resize", "corrupt point", "reorder digests"]))
+                                     "resize", "corrupt point", "reorder digests", "regroup"]))
         # sampled_from spreads mutations evenly; integers() would favour the first messages
         i = draw(st.sampled_from(range(max(len(msgs), 1))))
         if kind == "insert":
@@ -296,12 +310,14 @@ def sessions(draw, pool: np.ndarray, tables: dict[str, int]):
             msgs[i], msgs[i + 1] = msgs[i + 1], msgs[i]
         elif kind == "truncate":
             msgs = msgs[:i]
-        elif kind == "resize" and msgs[i].WhichOneof("round") in ("blinded", "returned"):
+        elif kind == "resize" and msgs[i].WhichOneof("round") in ("items", "returned"):
             msgs[i] = resized(msgs[i], draw(st.integers(-40, 40)))
+        elif kind == "regroup" and msgs[i].WhichOneof("round") == "items":
+            msgs[i] = regrouped(msgs[i], draw(group_sizes))
         elif kind == "reorder digests" and len(msgs[i].returned.digests) >= 32:
             rows = msgs[i].returned.digests
             msgs[i] = pb.ClientMessage(returned=pb.Digests(digests=rows[16:] + rows[:16]))
-        elif kind == "corrupt point" and len(msgs[i].blinded.points) >= 32:
+        elif kind == "corrupt point" and len(msgs[i].items.points) >= 32:
             point = draw(st.one_of(st.sampled_from(BAD_POINTS), st.binary(min_size=32, max_size=32)))
             msgs[i] = corrupt_point(msgs[i], draw(st.integers(0, LIMIT)), point)
     return msgs, honest
@@ -316,13 +332,13 @@ def honest_session(served: Served) -> pb.Result:
     call = served.stub.Match(iter(outbox.get, None), metadata=auth(served.token), timeout=CALL_TIMEOUT)
     outbox.put(open_message(n=len(hashed)))
     accepted = next(call).accepted
-    for msg in packed("blinded", key.apply(hashed, workers=1), LIMIT):
+    for msg in packed("items", key.apply(hashed, workers=1), LIMIT):
         outbox.put(msg)
     table = []
     while sum(len(t) for t in table) < accepted.table_size:
         table.append(np.frombuffer(next(call).table.points, np.uint8).reshape(-1, 32))
     returned = sort_rows(truncate(key.apply(np.vstack(table), workers=1)))
-    for msg in packed("returned", returned, LIMIT):
+    for msg in packed("returned", returned, DIGEST_LIMIT):
         outbox.put(msg)
     outbox.put(None)
     return list(call)[-1].result
@@ -334,7 +350,7 @@ def rss_kib() -> int:
 
 
 def session_threads() -> int:
-    """Readers still running: each must end with its session (see session._Reader)."""
+    """Readers still running: each must end with its session (see service._Reader)."""
     deadline = time.monotonic() + 10
     while True:
         alive = sum(t.name == "session-reader" for t in threading.enumerate())
@@ -345,10 +361,10 @@ def session_threads() -> int:
 
 def batch_of_sessions(served: Served) -> None:
     """Honest sessions and sessions sending messages just under the 1 MiB limit."""
-    points = packed("blinded", served.pool[:MIN_LIST], LIMIT)
+    points = packed("items", served.pool[:MIN_LIST], LIMIT)
     sessions = [
-        [open_message()] + points + packed("returned", random_digests(0, served.tables["email"]), LIMIT),
-        [open_message(), pb.ClientMessage(blinded=pb.Points(points=blob(1, MIB - 64)))],
+        [open_message()] + points + packed("returned", random_digests(0, served.tables["email"]), DIGEST_LIMIT),
+        [open_message(), pb.ClientMessage(items=pb.Items(points=blob(1, MIB - 64)))],
         [open_message()] + points + [pb.ClientMessage(returned=pb.Digests(digests=blob(2, MIB - 64)))],
     ]
     for _ in range(10):
@@ -453,7 +469,7 @@ def raw_messages(pool: np.ndarray):
         random_bytes,
         raw_protobuf,
         st.builds(nested, st.integers(1, 3), raw_protobuf),  # wrong types inside a round
-        st.builds(lambda s: nested(1, nested(2, s)),  # an id_type that is not UTF-8
+        st.builds(lambda s: nested(1, nested(2, s)),  # an id type that is not UTF-8
                   st.sampled_from([b"\xff", b"\xc3\x28", b"email\x80", b"\xed\xa0\x80"])),
         st.builds(lambda b, cut: b[: cut % (len(b) + 1)], serialized, st.integers(0, 2**16)),
         serialized,
@@ -470,7 +486,7 @@ def decodes(raw: bytes) -> bool:
 
 def test_raw_bytes_on_the_wire(served):
     match = served.channel.stream_stream(
-        "/psi.v1.Matcher/Match", request_serializer=lambda b: b,
+        "/psi.v2.Matcher/Match", request_serializer=lambda b: b,
         response_deserializer=pb.ServerMessage.FromString)
 
     @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -481,7 +497,8 @@ def test_raw_bytes_on_the_wire(served):
         replies, err = call_match(served, match, requests)
         if err is not None and (err.code(), err.details()) == UNDECODABLE:
             assert not all(decodes(r) for r in requests)
-            assert ledger_rows(served.db) == before
+            accepted = bool(replies) and replies[0].HasField("accepted")
+            assert ledger_rows(served.db) - before == int(accepted)
         else:
             check_outcome(served, replies, err, before)
 
@@ -710,7 +727,7 @@ def run_import(conn, data: bytes, fmt: str) -> consent.ImportReport:
 
 def table_counts(conn) -> tuple[int, ...]:
     return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                 for t in ("users", "identifiers", "identifier_purposes", "consent_events", "user_changes"))
+                 for t in ("users", "identifiers", "identifier_purposes", "consent_events", "identifier_changes"))
 
 
 def users(conn) -> set[str]:

@@ -1,5 +1,7 @@
 """Malformed and hostile sessions over real gRPC on loopback: each ends with the
-documented status, the server keeps serving, and nothing is charged."""
+documented status and the server keeps serving. A session refused before it is
+accepted charges nothing; one that fails after it was accepted stays charged, and its
+audit row says it released nothing."""
 
 import time
 
@@ -9,11 +11,11 @@ import pytest
 
 from psi import Key, encode_identifier, hash_to_curve
 from psi.intersection import sort_rows, truncate
-from psi_proto.v1 import matcher_pb2 as pb
-from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
+from psi.protocol import Policy
+from psi_proto.v2 import matcher_pb2 as pb
+from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 from psi_server import store
 from psi_server.service import ServerConfig, start_server
-from psi_server.session import Policy
 from psi_server.synthetic import generate
 
 from .support import free_port, make_registry
@@ -27,7 +29,7 @@ def server(tmp_path_factory):
     db, token_file = make_registry(tmp, generate(400, seed=5).rows)
     port = free_port()
     config = ServerConfig(db=db, listen=f"127.0.0.1:{port}", insecure=True, workers=1,
-                          policy=Policy(noise=False, max_points_per_message=64, max_digests_per_message=64))
+                          policy=Policy(noise=False, max_points_per_message=1024, max_digests_per_message=64))
     running = start_server(config)
     chan = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield db, token_file.read_text().strip(), pb_grpc.MatcherStub(chan), running
@@ -54,8 +56,20 @@ def ledger_rows(db) -> int:
         conn.close()
 
 
-def open_msg(n=N, id_type="email", epsilon=0.1, version=1):
-    return pb.ClientMessage(open=pb.Open(protocol_version=version, id_type=id_type, n_items=n, epsilon=epsilon))
+def unreleased(db) -> int:
+    """Charged sessions that released nothing."""
+    conn = store.connect(db)
+    try:
+        return conn.execute(
+            "SELECT COUNT(*) FROM sessions WHERE session_id NOT IN (SELECT session_id FROM releases)"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def open_msg(n=N, id_types=("email",), epsilon=0.1, version=2, groups=None):
+    return pb.ClientMessage(open=pb.Open(protocol_version=version, id_types=id_types, n_groups=groups or n,
+                                         n_items=n, epsilon=epsilon))
 
 
 def blinded_points(key, n=N):
@@ -64,7 +78,9 @@ def blinded_points(key, n=N):
 
 
 def points_msgs(points, step=64):
-    return [pb.ClientMessage(blinded=pb.Points(points=points[i : i + step].tobytes())) for i in range(0, len(points), step)]
+    """One customer per item."""
+    return [pb.ClientMessage(items=pb.Items(points=points[i : i + step].tobytes(), group_sizes=[1] * len(points[i : i + step])))
+            for i in range(0, len(points), step)]
 
 
 def digest_msgs(rows, step=64):
@@ -118,10 +134,10 @@ def expect_status(call_or_fn, code, text):
 
 def test_honest_session_works(server):
     db, token, stub, _ = server
-    before = ledger_rows(db)
+    before, failed = ledger_rows(db), unreleased(db)
     replies = honest_session(stub, token)
     assert replies[-1].result.noisy_count > 0
-    assert ledger_rows(db) == before + 1
+    assert ledger_rows(db) == before + 1 and unreleased(db) == failed
 
 
 @pytest.mark.parametrize(
@@ -143,13 +159,13 @@ def test_authentication(server, metadata, text):
 @pytest.mark.parametrize(
     "msg,code,text",
     [
-        (open_msg(id_type="fax"), grpc.StatusCode.INVALID_ARGUMENT, "unknown id_type"),
-        (open_msg(version=9), grpc.StatusCode.FAILED_PRECONDITION, "protocol version 9"),
+        (open_msg(id_types=["fax"]), grpc.StatusCode.INVALID_ARGUMENT, "id_types must be"),
+        (open_msg(version=1), grpc.StatusCode.FAILED_PRECONDITION, "protocol version 1 is not supported"),
         (open_msg(epsilon=5), grpc.StatusCode.OUT_OF_RANGE, "outside the server's bounds"),
-        (open_msg(n=3), grpc.StatusCode.FAILED_PRECONDITION, "at least 100 distinct"),
+        (open_msg(n=3), grpc.StatusCode.FAILED_PRECONDITION, "at least 100 customers"),
         (open_msg(n=2**60), grpc.StatusCode.OUT_OF_RANGE, "at most 10000000 identifiers"),
         (open_msg(epsilon=float("nan")), grpc.StatusCode.OUT_OF_RANGE, "outside the server's bounds"),
-        (pb.ClientMessage(blinded=pb.Points(points=b"x" * 32)), grpc.StatusCode.INVALID_ARGUMENT, "expected an Open"),
+        (pb.ClientMessage(items=pb.Items(points=b"x" * 32)), grpc.StatusCode.INVALID_ARGUMENT, "expected an Open"),
     ],
 )
 def test_bad_open(server, msg, code, text):
@@ -162,19 +178,19 @@ def test_bad_open(server, msg, code, text):
     assert ledger_rows(db) == before
 
 
-def _after_accept(server, msgs, code, text):
+def _after_accept(server, msgs, code, text, opening=None):
     db, token, stub, _ = server
-    before = ledger_rows(db)
+    before, failed = ledger_rows(db), unreleased(db)
     s = Session(stub, token)
-    s.send(open_msg(), *msgs)
+    s.send(opening or open_msg(), *msgs)
     s.close()
     expect_status(s.replies, code, text)
-    assert ledger_rows(db) == before
+    assert ledger_rows(db) == before + 1 and unreleased(db) == failed + 1  # charged, nothing released
     assert honest_session(stub, token)[-1].result.noisy_count > 0  # still serving
 
 
 def test_chunk_not_multiple_of_32(server):
-    _after_accept(server, [pb.ClientMessage(blinded=pb.Points(points=b"\x01" * 33))],
+    _after_accept(server, [pb.ClientMessage(items=pb.Items(points=b"\x01" * 33, group_sizes=[1]))],
                   grpc.StatusCode.INVALID_ARGUMENT, "33 bytes is not a multiple of 32")
 
 
@@ -193,22 +209,19 @@ def test_low_order_points(server):
 
 def test_too_many_points_in_one_message(server):
     pts = blinded_points(Key.generate())
-    _after_accept(server, points_msgs(pts, step=100), grpc.StatusCode.INVALID_ARGUMENT, "above the limit of 64")
+    big = [pb.ClientMessage(items=pb.Items(points=np.tile(pts, (9, 1))[:1025].tobytes(), group_sizes=[1] * 1025))]
+    _after_accept(server, big, grpc.StatusCode.INVALID_ARGUMENT, "above the limit of 1024",
+                  opening=open_msg(n=1025))
 
 
 def test_message_over_the_size_limit(server):
-    _after_accept(server, [pb.ClientMessage(blinded=pb.Points(points=b"\x00" * (2 << 20)))],
+    _after_accept(server, [pb.ClientMessage(items=pb.Items(points=b"\x00" * (2 << 20)))],
                   grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
 
 
-def test_repeated_points_counted_once(server):
-    db, token, stub, _ = server
-    key = Key.generate()
-    pts = blinded_points(key, 60)
-    s = Session(stub, token)
-    s.send(open_msg(n=120), *points_msgs(np.vstack([pts, pts])))
-    s.close()
-    expect_status(s.replies, grpc.StatusCode.FAILED_PRECONDITION, "60 distinct items, fewer than the minimum of 100")
+def test_repeated_items_are_refused(server):
+    pts = blinded_points(Key.generate(), 60)
+    _after_accept(server, points_msgs(np.vstack([pts, pts])), grpc.StatusCode.INVALID_ARGUMENT, "items repeat")
 
 
 @pytest.mark.parametrize(
@@ -223,9 +236,9 @@ def test_repeated_points_counted_once(server):
 )
 def test_bad_returned_set(server, tamper, text):
     db, token, stub, _ = server
-    before = ledger_rows(db)
+    before, failed = ledger_rows(db), unreleased(db)
     expect_status(lambda: honest_session(stub, token, tamper=tamper), grpc.StatusCode.INVALID_ARGUMENT, text)
-    assert ledger_rows(db) == before
+    assert ledger_rows(db) == before + 1 and unreleased(db) == failed + 1
 
 
 def test_client_disconnects_halfway(server):
@@ -235,14 +248,14 @@ def test_client_disconnects_halfway(server):
     s.send(open_msg(), *points_msgs(blinded_points(Key.generate())[:64]))
     next(s.call)  # accepted
     s.call.cancel()
-    # The server notices, ends the session without a charge, and keeps serving.
+    # The server notices, ends the session (charged: it was accepted), and keeps serving.
     assert honest_session(stub, token)[-1].result.noisy_count > 0
-    assert ledger_rows(db) == before + 1
+    assert ledger_rows(db) == before + 2
 
 
 def test_stream_ends_early(server):
     _after_accept(server, points_msgs(blinded_points(Key.generate())[:64]),
-                  grpc.StatusCode.INVALID_ARGUMENT, "stream ended while waiting for blinded points (64 of 120")
+                  grpc.StatusCode.INVALID_ARGUMENT, "stream ended while waiting for items")
 
 
 def test_per_advertiser_concurrency_limit(server):
@@ -265,11 +278,29 @@ def test_per_advertiser_concurrency_limit(server):
 def test_undecodable_message(server):
     db, token, stub, _ = server
     chan = grpc.insecure_channel(f"127.0.0.1:{server[3].port}")
-    match = chan.stream_stream("/psi.v1.Matcher/Match", request_serializer=lambda b: b,
+    match = chan.stream_stream("/psi.v2.Matcher/Match", request_serializer=lambda b: b,
                                response_deserializer=pb.ServerMessage.FromString)
     before = ledger_rows(db)
-    call = match(iter([open_msg().SerializeToString(), b"\x12\x05abc"]),
-                 metadata=(("authorization", f"Bearer {token}"),), timeout=30)
-    expect_status(lambda: list(call), grpc.StatusCode.INVALID_ARGUMENT, "not a valid psi.v1.ClientMessage")
+    call = match(iter([b"\x12\x05abc"]), metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+    expect_status(lambda: list(call), grpc.StatusCode.INVALID_ARGUMENT, "not a valid psi.v2.ClientMessage")
+    chan.close()
+    assert ledger_rows(db) == before
+
+
+@pytest.mark.parametrize("method", ["Match", "GetBudget"])
+def test_version_1_clients_are_told_which_version_to_use(server, method):
+    db, token, stub, _ = server
+    chan = grpc.insecure_channel(f"127.0.0.1:{server[3].port}")
+    path = f"/psi.v1.Matcher/{method}"
+    v1_open = bytes.fromhex("0a0b0801120565") + b"mail" + bytes.fromhex("1878")  # Open(version=1, "email", n=120)
+    if method == "Match":
+        call = chan.stream_stream(path, request_serializer=lambda b: b, response_deserializer=bytes)
+        fn = lambda: list(call(iter([v1_open]), metadata=(("authorization", f"Bearer {token}"),), timeout=30))  # noqa: E731
+    else:
+        call = chan.unary_unary(path, request_serializer=lambda b: b, response_deserializer=bytes)
+        fn = lambda: call(b"", metadata=(("authorization", f"Bearer {token}"),), timeout=30)  # noqa: E731
+    before = ledger_rows(db)
+    err = expect_status(fn, grpc.StatusCode.FAILED_PRECONDITION, "protocol version 2 (psi.v2.Matcher)")
+    assert "upgrade psi-match" in err.details() and "\n" not in err.details()
     chan.close()
     assert ledger_rows(db) == before

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from psi import Key, encode_identifier, hash_to_curve
-from psi_client.session import ClientConfig, MatchFailed, match
-from psi_server.service import ServerConfig, start_server
-from psi_server.session import Policy
 from psi.intersection import sort_rows, truncate
-from psi_proto.v1 import matcher_pb2 as pb
-from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
+from psi.protocol import Policy
+from psi_client.session import ClientConfig, MatchFailed
+from psi_client.session import match as match_items
+from psi_proto.v2 import matcher_pb2 as pb
+from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
+from psi_server.service import ServerConfig, start_server
 from psi_server import advertisers, consent, store
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
@@ -37,12 +38,23 @@ def encoded(emails):
     return list(dict.fromkeys(encode_identifier("email", e) for e in emails))
 
 
-def ledger(db):
+def match(config, items, epsilon):
+    return match_items(config, items, np.arange(len(items)), len(items), ["email"], epsilon)
+
+
+def count(db, table):
     conn = store.connect(db)
     try:
-        return conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0]
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
         conn.close()
+
+
+def ledger(db):
+    return count(db, "budget_ledger")
+
+
+OPEN = pb.ClientMessage(open=pb.Open(protocol_version=2, id_types=["email"], n_groups=500, n_items=500, epsilon=0.1))
 
 
 def integrity(db):
@@ -71,13 +83,15 @@ def test_client_killed_mid_upload(world):
                                           "--id-type", "email", "--insecure", "--workers", "1",
                                           "--min-table-size", "10", str(big)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # wait until the session is open (the server logs nothing per message; poll the pid)
-        time.sleep(4)
+        deadline = time.monotonic() + 60
+        while not count(db, "sessions"):  # accepted: the upload starts now
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         code, out, err = psi_match(server.address, token_file, listing)
         assert code == 0 and out["noisy_count"] == TRUTH, err
-        assert ledger(db) == 1
+        assert ledger(db) == 2 and count(db, "releases") == 1  # the killed session paid, released nothing
     finally:
         server.stop()
     assert integrity(db)
@@ -92,7 +106,7 @@ def _open_session(address, token):
 
 
 def _finish(outbox, call, key, accepted, points):
-    outbox.put(pb.ClientMessage(blinded=pb.Points(points=points.tobytes())))
+    outbox.put(pb.ClientMessage(items=pb.Items(points=points.tobytes(), group_sizes=[1] * len(points))))
     rows = []
     while sum(len(r) for r in rows) < accepted.table_size:
         rows.append(np.frombuffer(next(call).table.points, np.uint8).reshape(-1, 32))
@@ -112,14 +126,14 @@ def test_server_killed_mid_session_then_restarted(world):
     token = token_file.read_text().strip()
     server = ServerProcess(db, tmp, "--unsafe-exact-counts", "--min-list-size", "10")
     chan, outbox, call = _open_session(server.address, token)
-    outbox.put(pb.ClientMessage(open=pb.Open(protocol_version=1, id_type="email", n_items=500, epsilon=0.1)))
+    outbox.put(OPEN)
     assert next(call).HasField("accepted")
     server.stop(signal.SIGKILL)
     with pytest.raises(grpc.RpcError) as info:
         list(call)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     chan.close()
-    assert ledger(db) == 0 and integrity(db)
+    assert ledger(db) == 1 and count(db, "releases") == 0 and integrity(db)
     server = ServerProcess(db, tmp, "--unsafe-exact-counts", "--min-list-size", "10")
     try:
         code, out, err = psi_match(server.address, token_file, listing)
@@ -134,7 +148,7 @@ def test_sigterm_lets_running_session_finish(world):
     server = ServerProcess(db, tmp, "--unsafe-exact-counts", "--min-list-size", "10", "--grace", "30")
     key = Key.generate()
     chan, outbox, call = _open_session(server.address, token)
-    outbox.put(pb.ClientMessage(open=pb.Open(protocol_version=1, id_type="email", n_items=500, epsilon=0.1)))
+    outbox.put(OPEN)
     accepted = next(call).accepted
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 30
@@ -183,10 +197,10 @@ def test_database_locked_past_the_timeout_charges_nothing(world, monkeypatch):
         config = ClientConfig(server=f"127.0.0.1:{running.port}", token=token_file.read_text().strip(),
                               insecure=True, workers=1, min_table_size=10)
         with pytest.raises(MatchFailed) as info:
-            match(config, "email", encoded(LISTING), 0.1)
+            match(config, encoded(LISTING), 0.1)
         assert info.value.kind == "busy" and "nothing was charged" in info.value.message
         blocker.execute("ROLLBACK")
-        assert match(config, "email", encoded(LISTING), 0.1).noisy_count == TRUTH
+        assert match(config, encoded(LISTING), 0.1).noisy_count == TRUTH
     finally:
         blocker.close()
         running.stop(1)

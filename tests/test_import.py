@@ -88,11 +88,11 @@ def test_reimport_is_idempotent_and_raw_equals_prehashed(reg):
     first = run_import(conn, data)
     assert (first.new_identifiers, first.new_consent_events, first.points_hashed) == (1, 1, 1)
     before = counts(conn)
-    changes = conn.execute("SELECT COUNT(*) FROM user_changes").fetchone()[0]
+    changes = conn.execute("SELECT COUNT(*) FROM identifier_changes").fetchone()[0]
     again = run_import(conn, data)
     assert (again.new_identifiers, again.new_consent_events, again.points_hashed) == (0, 0, 0)
     assert counts(conn) == before == (1, 1, 2, 1)
-    assert conn.execute("SELECT COUNT(*) FROM user_changes").fetchone()[0] == changes
+    assert conn.execute("SELECT COUNT(*) FROM identifier_changes").fetchone()[0] == changes
     assert store.integrity_ok(conn)
 
 

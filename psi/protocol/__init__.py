@@ -1,15 +1,35 @@
-"""The two parties' steps of server-released PSI cardinality (DESIGN section 2).
+"""Server-released PSI cardinality over single-use tables, one state machine per party.
 
-Each step is a plain function over numpy arrays, so the gRPC service, the tests and the
-benchmarks all run exactly the same code. Order of a session:
+Neither party does I/O here: each takes the other's messages and returns its own, with
+the executor (and, on the server, the table source and the ledger) injected. A session:
 
-1. ``client.blind``: ``A = shuffle(E(a, H(x)))``
-2. ``server.build_table`` (once per key epoch): ``T = shuffle(E(b, H(y)))``
-3. ``client.double_blind_table``: ``sort(trunc16(E(a, t)) for t in T)``
-4. ``server.blind_client_set`` and ``server.count``: ``|trunc16(E(b, A)) ∩ returned|``
+1. client ``Open``; server checks it, draws a session key ``s`` and both noises, charges
+   the budget and records the session, and replies ``Accepted``;
+2. client ``A = E(a, H(x))`` for its items, grouped by customer, groups in random order;
+3. server ``T' = E(s, H(y))`` for every matchable ``y`` of the requested types, plus
+   dummies, in a random order, streamed as computed;
+4. client ``sort(trunc16(E(a, t)))`` for every ``t`` in ``T'``;
+5. server counts the groups with an item ``trunc16(E(s, A))`` in that set and releases
+   ``count + noise`` (or "fewer than the threshold").
 """
 
-from . import client, server
-from .common import PROTOCOL_VERSION, shuffled
+from . import inprocess
+from .client import ClientSession, Outcome, Progress
+from .common import MAX_GROUP_SIZE, PROTOCOL_VERSION, SessionError
+from .server import ArrayTable, Ledger, Policy, ServerSession, SessionRecord, TableSource
 
-__all__ = ["PROTOCOL_VERSION", "client", "server", "shuffled"]
+__all__ = [
+    "MAX_GROUP_SIZE",
+    "PROTOCOL_VERSION",
+    "ArrayTable",
+    "ClientSession",
+    "Ledger",
+    "Outcome",
+    "Policy",
+    "Progress",
+    "ServerSession",
+    "SessionError",
+    "SessionRecord",
+    "TableSource",
+    "inprocess",
+]

@@ -1,16 +1,63 @@
-"""What both parties share: the protocol version and unpredictable shuffling."""
+"""What both parties share: the version, the protocol's fixed limits, session errors,
+message unpacking and unpredictable orders."""
 
 from __future__ import annotations
 
-import secrets
+import os
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+from ..errors import PSIError
+from ..intersection import TRUNCATED
+
+__all__ = [
+    "MAX_GROUP_SIZE",
+    "POINT",
+    "PROTOCOL_VERSION",
+    "SessionError",
+    "TRUNCATED",
+    "random_permutation",
+    "unpack",
+]
+
+PROTOCOL_VERSION = 2
+POINT = 32  # bytes of a u-coordinate
+# Identifiers of one customer. Rows that share identifiers are merged into one customer,
+# so a chain of shared placeholders could otherwise make one customer of a whole file.
+MAX_GROUP_SIZE = 1024
 
 
-def shuffled(rows: np.ndarray) -> np.ndarray:
-    """Rows in an order drawn from a generator seeded by the OS, so positions reveal
-    nothing about input order (for example, the order users were imported in)."""
-    rng = np.random.Generator(np.random.PCG64(secrets.randbits(128)))
-    return rows[rng.permutation(len(rows))]
+class SessionError(PSIError):
+    """Ends a session. ``status`` names a gRPC status code (``INVALID_ARGUMENT``...);
+    ``reason`` is a short word the other party maps to an outcome (``budget``, ``busy``,
+    ``list_too_small``...). Messages name the rule that failed, never data."""
+
+    def __init__(self, status: str, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+def unpack(data: bytes, width: int, limit: int, what: str) -> np.ndarray:
+    """Rows of ``width`` bytes packed in one message, or ``SessionError``."""
+    if not data:
+        raise SessionError("INVALID_ARGUMENT", f"empty {what} message")
+    if len(data) % width:
+        raise SessionError(
+            "INVALID_ARGUMENT", f"{what} message of {len(data)} bytes is not a multiple of {width}"
+        )
+    if len(data) // width > limit:
+        raise SessionError(
+            "INVALID_ARGUMENT",
+            f"{what} message holds {len(data) // width} items, above the limit of {limit}",
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
+
+
+def random_permutation(n: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` drawn from the operating system's
+    CSPRNG: the order of random 64-bit keys (ties, about n^2 / 2^65 likely, are the only
+    departure from uniform)."""
+    keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
+    return np.argsort(keys, kind="stable")

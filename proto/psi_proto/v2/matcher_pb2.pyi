@@ -1,19 +1,20 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientMessage(_message.Message):
-    __slots__ = ("open", "blinded", "returned")
+    __slots__ = ("open", "items", "returned")
     OPEN_FIELD_NUMBER: _ClassVar[int]
-    BLINDED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     RETURNED_FIELD_NUMBER: _ClassVar[int]
     open: Open
-    blinded: Points
+    items: Items
     returned: Digests
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., blinded: _Optional[_Union[Points, _Mapping]] = ..., returned: _Optional[_Union[Digests, _Mapping]] = ...) -> None: ...
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., items: _Optional[_Union[Items, _Mapping]] = ..., returned: _Optional[_Union[Digests, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("accepted", "table", "result")
@@ -26,21 +27,22 @@ class ServerMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., table: _Optional[_Union[Points, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "id_type", "n_items", "epsilon")
+    __slots__ = ("protocol_version", "id_types", "n_groups", "n_items", "epsilon")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    ID_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
+    N_GROUPS_FIELD_NUMBER: _ClassVar[int]
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
-    id_type: str
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    n_groups: int
     n_items: int
     epsilon: float
-    def __init__(self, protocol_version: _Optional[int] = ..., id_type: _Optional[str] = ..., n_items: _Optional[int] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., id_types: _Optional[_Iterable[str]] = ..., n_groups: _Optional[int] = ..., n_items: _Optional[int] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class Accepted(_message.Message):
-    __slots__ = ("session_id", "epoch_id", "table_size", "max_points_per_message", "max_digests_per_message", "epsilon", "sensitivity", "threshold", "noise")
+    __slots__ = ("session_id", "table_size", "max_points_per_message", "max_digests_per_message", "epsilon", "sensitivity", "threshold", "noise", "budget_remaining")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    EPOCH_ID_FIELD_NUMBER: _ClassVar[int]
     TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_POINTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MAX_DIGESTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -48,8 +50,8 @@ class Accepted(_message.Message):
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NOISE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_REMAINING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    epoch_id: str
     table_size: int
     max_points_per_message: int
     max_digests_per_message: int
@@ -57,7 +59,16 @@ class Accepted(_message.Message):
     sensitivity: int
     threshold: int
     noise: bool
-    def __init__(self, session_id: _Optional[str] = ..., epoch_id: _Optional[str] = ..., table_size: _Optional[int] = ..., max_points_per_message: _Optional[int] = ..., max_digests_per_message: _Optional[int] = ..., epsilon: _Optional[float] = ..., sensitivity: _Optional[int] = ..., threshold: _Optional[int] = ..., noise: _Optional[bool] = ...) -> None: ...
+    budget_remaining: float
+    def __init__(self, session_id: _Optional[str] = ..., table_size: _Optional[int] = ..., max_points_per_message: _Optional[int] = ..., max_digests_per_message: _Optional[int] = ..., epsilon: _Optional[float] = ..., sensitivity: _Optional[int] = ..., threshold: _Optional[int] = ..., noise: _Optional[bool] = ..., budget_remaining: _Optional[float] = ...) -> None: ...
+
+class Items(_message.Message):
+    __slots__ = ("points", "group_sizes")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZES_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    group_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, points: _Optional[bytes] = ..., group_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Points(_message.Message):
     __slots__ = ("points",)
@@ -92,15 +103,19 @@ class GetBudgetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("advertiser", "epsilon_budget", "epsilon_spent", "epsilon_remaining", "period_days")
+    __slots__ = ("advertiser", "epsilon_budget", "epsilon_spent", "epsilon_remaining", "period_days", "epsilon_min", "epsilon_max")
     ADVERTISER_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
     PERIOD_DAYS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_MIN_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_MAX_FIELD_NUMBER: _ClassVar[int]
     advertiser: str
     epsilon_budget: float
     epsilon_spent: float
     epsilon_remaining: float
     period_days: float
-    def __init__(self, advertiser: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., period_days: _Optional[float] = ...) -> None: ...
+    epsilon_min: float
+    epsilon_max: float
+    def __init__(self, advertiser: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., period_days: _Optional[float] = ..., epsilon_min: _Optional[float] = ..., epsilon_max: _Optional[float] = ...) -> None: ...

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from psi_proto.v1 import matcher_pb2 as psi__proto_dot_v1_dot_matcher__pb2
+from psi_proto.v2 import matcher_pb2 as psi__proto_dot_v2_dot_matcher__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in psi_proto/v1/matcher_pb2_grpc.py depends on'
+        + ' but the generated code in psi_proto/v2/matcher_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -35,14 +35,14 @@ class MatcherStub:
             channel: A grpc.Channel.
         """
         self.Match = channel.stream_stream(
-                '/psi.v1.Matcher/Match',
-                request_serializer=psi__proto_dot_v1_dot_matcher__pb2.ClientMessage.SerializeToString,
-                response_deserializer=psi__proto_dot_v1_dot_matcher__pb2.ServerMessage.FromString,
+                '/psi.v2.Matcher/Match',
+                request_serializer=psi__proto_dot_v2_dot_matcher__pb2.ClientMessage.SerializeToString,
+                response_deserializer=psi__proto_dot_v2_dot_matcher__pb2.ServerMessage.FromString,
                 _registered_method=True)
         self.GetBudget = channel.unary_unary(
-                '/psi.v1.Matcher/GetBudget',
-                request_serializer=psi__proto_dot_v1_dot_matcher__pb2.GetBudgetRequest.SerializeToString,
-                response_deserializer=psi__proto_dot_v1_dot_matcher__pb2.Budget.FromString,
+                '/psi.v2.Matcher/GetBudget',
+                request_serializer=psi__proto_dot_v2_dot_matcher__pb2.GetBudgetRequest.SerializeToString,
+                response_deserializer=psi__proto_dot_v2_dot_matcher__pb2.Budget.FromString,
                 _registered_method=True)
 
 
@@ -57,7 +57,8 @@ class MatcherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBudget(self, request, context):
-        """The calling advertiser's own budget: never another advertiser's.
+        """The calling advertiser's own budget and the server's per-query bounds: never another
+        advertiser's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,19 +69,19 @@ def add_MatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Match': grpc.stream_stream_rpc_method_handler(
                     servicer.Match,
-                    request_deserializer=psi__proto_dot_v1_dot_matcher__pb2.ClientMessage.FromString,
-                    response_serializer=psi__proto_dot_v1_dot_matcher__pb2.ServerMessage.SerializeToString,
+                    request_deserializer=psi__proto_dot_v2_dot_matcher__pb2.ClientMessage.FromString,
+                    response_serializer=psi__proto_dot_v2_dot_matcher__pb2.ServerMessage.SerializeToString,
             ),
             'GetBudget': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBudget,
-                    request_deserializer=psi__proto_dot_v1_dot_matcher__pb2.GetBudgetRequest.FromString,
-                    response_serializer=psi__proto_dot_v1_dot_matcher__pb2.Budget.SerializeToString,
+                    request_deserializer=psi__proto_dot_v2_dot_matcher__pb2.GetBudgetRequest.FromString,
+                    response_serializer=psi__proto_dot_v2_dot_matcher__pb2.Budget.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'psi.v1.Matcher', rpc_method_handlers)
+            'psi.v2.Matcher', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('psi.v1.Matcher', rpc_method_handlers)
+    server.add_registered_method_handlers('psi.v2.Matcher', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -101,9 +102,9 @@ class Matcher:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/psi.v1.Matcher/Match',
-            psi__proto_dot_v1_dot_matcher__pb2.ClientMessage.SerializeToString,
-            psi__proto_dot_v1_dot_matcher__pb2.ServerMessage.FromString,
+            '/psi.v2.Matcher/Match',
+            psi__proto_dot_v2_dot_matcher__pb2.ClientMessage.SerializeToString,
+            psi__proto_dot_v2_dot_matcher__pb2.ServerMessage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -128,9 +129,9 @@ class Matcher:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/psi.v1.Matcher/GetBudget',
-            psi__proto_dot_v1_dot_matcher__pb2.GetBudgetRequest.SerializeToString,
-            psi__proto_dot_v1_dot_matcher__pb2.Budget.FromString,
+            '/psi.v2.Matcher/GetBudget',
+            psi__proto_dot_v2_dot_matcher__pb2.GetBudgetRequest.SerializeToString,
+            psi__proto_dot_v2_dot_matcher__pb2.Budget.FromString,
             options,
             channel_credentials,
             insecure,
