@@ -22,7 +22,7 @@ from psi.protocol import ClientSession, Outcome, Progress
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 
-__all__ = ["ClientConfig", "MatchFailed", "channel", "get_budget", "match"]
+__all__ = ["ClientConfig", "MatchFailed", "channel", "get_budget", "match", "run"]
 
 MAX_RECEIVE_BYTES = 4 << 20
 
@@ -135,13 +135,22 @@ def match(
 ) -> Outcome:
     """One session over distinct encoded identifiers grouped by customer; raises
     ``MatchFailed``."""
-    own_channel = chan is None
-    chan = chan or channel(config)
     executor = config.executor if config.executor is not None else get_executor(config.workers)
     session = ClientSession(
         items, groups, n_groups, id_types, epsilon, executor,
         min_table_size=config.min_table_size, progress=progress,
     )
+    return run(config, session, chan)
+
+
+def run(config: ClientConfig, session: ClientSession, chan: grpc.Channel | None = None) -> Outcome:
+    """Pump one session's messages over gRPC until its outcome; raises ``MatchFailed``.
+
+    ``session`` is a client party: ``open()``, ``receive(msg)``, ``state``, ``charged``,
+    ``outcome``, ``fail()`` (``ClientSession``, or any party that speaks the protocol).
+    """
+    own_channel = chan is None
+    chan = chan or channel(config)
     try:
         return _pump(config, session, chan)
     finally:

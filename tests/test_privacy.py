@@ -20,7 +20,7 @@ from psi_server import advertisers, budget, store
 from psi_server.service import ServerConfig, start_server
 from psi_server.synthetic import generate
 
-from .support import SERVER, ServerProcess, free_port, make_registry, wait_serving
+from .support import SERVER, ServerProcess, free_port, make_registry, psi_match, wait_serving
 
 SYN = generate(800, seed=21)
 
@@ -109,6 +109,8 @@ def test_kill_between_charge_and_reply(tmp_path):
         with pytest.raises(MatchFailed) as info:
             match(client(address, token_file.read_text().strip()), encoded(LIST), 0.2)
         assert info.value.kind == "server"
+        # the client cannot know whether the charge committed: it says so
+        assert "unless the server accepted the session just as the connection failed" in info.value.message
         assert proc.wait(30) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
@@ -125,6 +127,41 @@ def test_kill_between_charge_and_reply(tmp_path):
         assert abs(out.budget_remaining - 0.6) < 1e-9
     finally:
         server.stop()
+
+
+CRASH_AFTER_ACCEPTED = """
+import os, sys
+from psi.protocol import ServerSession
+def table_then_die(self):
+    os.kill(os.getpid(), 9)  # Accepted has been sent; the table never comes
+    yield
+ServerSession.table = table_then_die
+from psi_server.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_connection_lost_after_acceptance_is_reported_as_charged(tmp_path):
+    db, token_file = make_registry(tmp_path, SYN.rows, budget=1)
+    address = f"127.0.0.1:{free_port()}"
+    args = ["serve", "--db", db, "--listen", address, "--insecure", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_AFTER_ACCEPTED, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(address)
+        listing = tmp_path / "list.txt"
+        listing.write_text("\n".join(LIST) + "\n")
+        code, out, err = psi_match(address, token_file, listing, "--epsilon", "0.2")
+        assert code == 7 and out["error"] == "server"
+        assert "the session was charged (epsilon 0.2) though no count was released" in out["message"]
+        assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    conn = store.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 0
+    conn.close()
 
 
 def test_differencing_attack_is_bounded_by_epsilon(tmp_path):

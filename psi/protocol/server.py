@@ -335,7 +335,7 @@ class ServerSession:
         if self.state == "AWAIT_OPEN":
             raise RuntimeError("the table exists only once the session is accepted")
         snapshot, m = self._snapshot, self._snapshot.size
-        order = random_permutation(self.table_size)
+        order = self._table_order(self.table_size)
         dummies = hash_to_curve(_pad_message(self._padding), executor=self._executor)
 
         step = min(TABLE_CHUNK, self.policy.max_points_per_message)
@@ -351,6 +351,10 @@ class ServerSession:
 
         for blinded in self._key.apply_chunks(chunks(), executor=self._executor, check=False):
             yield pb.ServerMessage(table=pb.Points(points=blinded.tobytes()))
+
+    @staticmethod
+    def _table_order(size: int) -> np.ndarray:
+        return random_permutation(size)
 
     # -- R: the returned digests, and the release ----------------------------------------
 
