@@ -329,3 +329,29 @@ def test_client_refuses_oversized_customers():
     with pytest.raises(ValueError, match="above 1024"):
         ClientSession([enc("email", i) for i in range(MAX_GROUP_SIZE + 1)], np.zeros(MAX_GROUP_SIZE + 1),
                       1, ["email"], 0.1, INLINE)
+
+
+class CountingExecutor(InlineExecutor):
+    """Runs tasks inline, as two workers would be given them, and counts submissions."""
+
+    workers = 2
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        return super().submit(fn, *args)
+
+
+def test_the_table_flows_before_it_is_fully_blinded():
+    executor = CountingExecutor()
+    server = ServerSession(EXACT, table(email=range(20_000)), MemoryLedger(), executor)
+    client = ClientSession([enc("email", 0)], np.zeros(1), 1, ["email"], 0.1, INLINE, min_table_size=1)
+    server.receive(client.open())
+    before = executor.submitted
+    chunks = server.table()
+    next(chunks)
+    # the first chunk leaves with a few chunks in flight, not the whole table computed
+    assert executor.submitted - before <= 2 * executor.workers < 20_000 / 2048
+    assert 1 + sum(1 for _ in chunks) == -(-20_000 // 2048)
