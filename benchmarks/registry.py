@@ -4,6 +4,7 @@ measured side by side in one process.
 
     python -m benchmarks.registry import ROWS DB     # prints JSON
     python -m benchmarks.registry live DB ROUNDS     # prints JSON
+    python -m benchmarks.registry memory ITEMS       # prints JSON
 
 Each phase runs in a fresh process so its peak memory (``VmHWM``) is its own.
 """
@@ -135,6 +136,44 @@ def _live(db: Path, rounds: int) -> dict:
             "peak_kib": peak, "peak_before_build_kib": base}
 
 
+def _rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+def _session_memory(items: int) -> dict:
+    """What one session's list costs the server: a session receives ``items`` blinded
+    points in groups of one, blinds and indexes them; its peak, and what it holds while
+    the returned set streams in, per item. The held figure is read after returning freed
+    pages to the system (glibc keeps freed blocks under its adaptive mmap threshold, up
+    to 32 MiB each, which would otherwise count)."""
+    import ctypes
+
+    from psi.parallel import InlineExecutor
+    from psi.protocol import ArrayTable
+
+    hashed = hash_to_curve([b"email\x00" + i.to_bytes(32, "little") for i in range(items + 1)])
+    points = Key.generate().apply(hashed)
+    del hashed
+    table = ArrayTable({"email": points[-1:]})  # one entry: the session waits for its digest
+    points = points[:-1]
+    session = ServerSession(Policy(noise=False, min_list_size=1), table, Unmetered(), InlineExecutor())
+    session.receive(pb.ClientMessage(open=pb.Open(protocol_version=2, id_types=["email"], n_groups=items,
+                                                  n_items=items, epsilon=0.1)))
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
+    trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak counts from here
+    before = _rss_kib()
+    step = 16384
+    for i in range(0, items, step):
+        chunk = points[i : i + step]
+        session.receive(pb.ClientMessage(items=pb.Items(points=chunk.tobytes(), group_sizes=[1] * len(chunk))))
+    peak = _peak_kib() - before
+    trim(0)
+    held = _rss_kib() - before
+    return {"items": items, "peak_bytes_per_item": 1024 * peak / items, "held_bytes_per_item": 1024 * held / items}
+
+
 def _child(*args: str) -> dict:
     done = subprocess.run([sys.executable, "-m", "benchmarks.registry", *args], cwd=ROOT,
                           stdout=subprocess.PIPE, text=True, check=True)
@@ -146,7 +185,8 @@ def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="psi-reg-db-") as tmp:
         db = Path(tmp) / "registry.db"
         rounds = "1" if quick else "3"
-        return {"import": _child("import", str(rows), str(db)), "live": _child("live", str(db), rounds)}
+        return {"import": _child("import", str(rows), str(db)), "live": _child("live", str(db), rounds),
+                "memory": _child("memory", str(rows))}
 
 
 def main() -> None:
@@ -155,6 +195,8 @@ def main() -> None:
         figures = _import(int(rest[0]), Path(rest[1]))
     elif phase == "live":
         figures = _live(Path(rest[0]), int(rest[1]))
+    elif phase == "memory":
+        figures = _session_memory(int(rest[0]))
     else:
         raise SystemExit(__doc__)
     json.dump(figures, sys.stdout)

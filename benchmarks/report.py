@@ -366,6 +366,14 @@ def _import_ceiling(imp: dict) -> list[list[str]]:
     ]]
 
 
+def _session_memory(mem: dict | None) -> list[list[str]]:
+    if mem is None:  # older journal entries did not measure it
+        return []
+    return [["server memory per list item in a session", f"{mem['peak_bytes_per_item']:.0f} B peak",
+             f"{mem['items']:,} items blinded and indexed; {mem['held_bytes_per_item']:.0f} B per item held "
+             "while the returned set streams in", ""]]
+
+
 def _registry(r: dict) -> list[str]:
     imp, live = r["import"], r["live"]
     ratio_all = imp["import_rows_per_s"] / imp["hash_per_s_all_workers"]
@@ -385,6 +393,7 @@ def _registry(r: dict) -> list[str]:
          f"{live['entries']:,} entries in {live['table_s']:.1f} s", ""],
         ["`Key.apply`, all workers", f"{live['apply_per_s_all_workers']:,.0f} /s",
          f"session table = {table_ratio:.0%} of it{_rounds(live)}", _status(table_ratio >= 0.9)],
+        *_session_memory(r.get("memory")),
     ]
     return [
         "## 3. Registry: import, live set and each session's table",

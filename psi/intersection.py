@@ -128,11 +128,13 @@ class GroupIndex:
     """
 
     def __init__(self, rows, groups: np.ndarray, n_groups: int) -> None:
+        # Built with at most 28 more bytes per item than its inputs, which the caller
+        # can free once it is built.
         words = _native_words(rows)
         order = np.argsort(words[:, 0], kind="stable")
-        self._first = np.ascontiguousarray(words[order, 0])
+        self._group = np.asarray(groups, dtype=np.uint32)[order]
+        self._first = words[order, 0]
         self._rest = np.ascontiguousarray(words[order, 1:])
-        self._group = np.ascontiguousarray(np.asarray(groups, dtype=np.uint32)[order])
         del order
         self._hit = np.zeros(n_groups, dtype=bool)
         self.size = len(self._first)

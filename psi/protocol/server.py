@@ -30,7 +30,7 @@ from psi_proto.v2 import matcher_pb2 as pb
 from ..errors import InvalidPointError
 from ..hash_to_curve import hash_to_curve
 from ..identifiers import ID_TYPES
-from ..intersection import GroupIndex, is_strictly_sorted, truncate
+from ..intersection import GroupIndex, is_strictly_sorted
 from ..keys import Key
 from ..noise import EPSILON_RESOLUTION, RandomSource, Release, SessionNoise, epsilon_fraction
 from ..parallel import Executor
@@ -252,8 +252,11 @@ class ServerSession:
         self.charged = True
         self._key = self._new_key()
         self._items = self._key.pipeline(self._executor, check=True)
-        self._digest_parts: list[np.ndarray] = []
-        self._group_parts: list[np.ndarray] = []
+        # Filled as items arrive and are blinded: 20 bytes per item, allocated by the
+        # operating system only as they are written.
+        self._digests = np.empty((msg.n_items, TRUNCATED), np.uint8)
+        self._groups = np.empty(msg.n_items, np.uint32)
+        self._blinded_count = 0
         self._items_received = self._groups_received = 0
         self.state = "ITEMS"
         return [
@@ -275,7 +278,9 @@ class ServerSession:
     # -- A: the client's items, grouped by customer ------------------------------------
 
     def _blinded(self, parts: list[np.ndarray]) -> None:
-        self._digest_parts += [truncate(p) for p in parts]
+        for part in parts:
+            self._digests[self._blinded_count : self._blinded_count + len(part)] = part[:, :TRUNCATED]
+            self._blinded_count += len(part)
 
     def _receive_items(self, msg: pb.Items) -> list[pb.ServerMessage]:
         points = unpack(msg.points, POINT, self.policy.max_points_per_message, "items")
@@ -294,8 +299,9 @@ class ServerSession:
                 "INVALID_ARGUMENT",
                 f"more items or groups than the {self.n_items} items in {self.n_groups} groups announced",
             )
-        groups = np.repeat(np.arange(self._groups_received, self._groups_received + len(sizes), dtype=np.uint32), sizes)
-        self._group_parts.append(groups)
+        self._groups[self._items_received : self._items_received + len(points)] = np.repeat(
+            np.arange(self._groups_received, self._groups_received + len(sizes), dtype=np.uint32), sizes
+        )
         self._items_received += len(points)
         self._groups_received += len(sizes)
         try:
@@ -317,11 +323,8 @@ class ServerSession:
         return []
 
     def _index_items(self) -> None:
-        digests = np.concatenate(self._digest_parts)
-        groups = np.concatenate(self._group_parts)
-        self._digest_parts = self._group_parts = []
-        self._index = GroupIndex(digests, groups, self.n_groups)
-        del digests, groups
+        self._index = GroupIndex(self._digests, self._groups, self.n_groups)
+        del self._digests, self._groups
         if self._index.has_repeats():
             raise SessionError("INVALID_ARGUMENT", "items repeat: every item belongs to exactly one group")
         self._digests_received = 0
