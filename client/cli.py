@@ -167,7 +167,7 @@ def _read(args: argparse.Namespace) -> CustomerList:
         args.file, columns, prehashed=args.prehashed,
         phone_hash_format=args.phone_hash_format or "e164",
         region=args.region if args.prehashed else (args.region or DEFAULT_REGION),
-        country_column=args.country_column, delimiter=delimiter,
+        country_column=args.country_column, delimiter=delimiter, workers=args.workers,
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FOLD_MIN", "Grouping", "Occurrences", "group_items", "union"]
+__all__ = ["FOLD_MIN", "Grouping", "Occurrences", "union"]
 
 DIGEST = 32
 # Occurrences held before the first fold; later folds wait until the buffers double.
@@ -115,14 +115,19 @@ class Occurrences:
         self.rows_with_values = 0
         self._last_row = -1
 
-    def add(self, type_index: int, digest: bytes, row: int) -> None:
-        self._types.append(type_index)
-        self._digests += digest
-        self._rows.append(row)
-        self.values += 1
-        if row != self._last_row:
-            self._last_row = row
-            self.rows_with_values += 1
+    def add(self, types: bytes, digests: bytes, rows: array) -> None:
+        """Occurrences ``i``: type ``types[i]``, digest ``digests[32i:32i+32]``, row
+        ``rows[i]``; rows never decrease, within a call or across calls."""
+        if not rows:
+            return
+        self._types += types
+        self._digests += digests
+        self._rows.extend(rows)
+        self.values += len(rows)
+        r = np.frombuffer(rows, dtype=np.int64)
+        self.rows_with_values += int(np.count_nonzero(r[1:] != r[:-1])) + (int(r[0]) != self._last_row)
+        self._last_row = int(r[-1])
+        del r  # a view of ``rows``, which the caller may reuse
         if len(self._rows) >= self._next_fold:
             self._fold()
 
@@ -138,49 +143,46 @@ class Occurrences:
         digests = np.frombuffer(self._digests, dtype=np.uint8).reshape(-1, DIGEST)
         rows = np.frombuffer(self._rows, dtype=np.int64)
         order, new = _sorted_items(types, digests)
-        first = order[new]
-        # Only repeats join rows: each is joined to its identifier's first occurrence.
         repeat = np.flatnonzero(~new)
         if repeat.size:
+            first = order[new]
+            # Only repeats join rows: each is joined to its identifier's first occurrence.
             item = np.cumsum(new)[repeat] - 1
             union(self._parent, rows[first[item]], rows[order[repeat]])
-        self._types = bytearray(types[first].tobytes())
-        self._digests = bytearray(digests[first].tobytes())
-        self._rows = array("q", rows[first].tobytes())
-        self._next_fold = max(self._fold_min, 2 * first.size)
+            kept = np.sort(first)  # in the order they came, so a fold changes no order
+            del types, digests, rows
+            self._types = bytearray(np.frombuffer(self._types, dtype=np.uint8)[kept].tobytes())
+            self._digests = bytearray(
+                np.frombuffer(self._digests, dtype=np.uint8).reshape(-1, DIGEST)[kept].tobytes()
+            )
+            self._rows = array("q", np.frombuffer(self._rows, dtype=np.int64)[kept].tobytes())
+        self._next_fold = max(self._fold_min, 2 * len(self._rows))
 
     def finish(self) -> Grouping:
         self._fold()
-        types = np.frombuffer(bytes(self._types), dtype=np.uint8)
-        digests = np.frombuffer(bytes(self._digests), dtype=np.uint8).reshape(-1, DIGEST)
-        rows = np.frombuffer(self._rows.tobytes(), dtype=np.int64)
-        return group_items(types, digests, self._parent[rows], self.values, self.rows_with_values)
+        rows = np.frombuffer(self._rows, dtype=np.int64)
+        customer_roots, group = np.unique(self._parent[rows], return_inverse=True)
+        order = np.argsort(group, kind="stable")
+        return Grouping(
+            types=np.frombuffer(self._types, dtype=np.uint8),
+            digests=self._digests,
+            order=order,
+            group=group[order].astype(np.int64),
+            n_customers=int(customer_roots.size),
+            duplicates=self.values - len(self._rows),
+            merged_rows=self.rows_with_values - int(customer_roots.size),
+        )
 
 
 @dataclass
 class Grouping:
-    """Distinct identifiers, ordered by customer."""
+    """Distinct identifiers and their customers, numbered in the order of their first
+    row (a root is the first row of its customer)."""
 
-    types: np.ndarray  # uint8 index into the id types
-    digests: np.ndarray  # (n, 32) uint8
-    group: np.ndarray  # int64 customer of each identifier, 0..n_customers-1
+    types: np.ndarray  # uint8 type index of each distinct identifier
+    digests: bytearray  # their digests, 32 bytes each, in the same order
+    order: np.ndarray  # int64 positions of the identifiers, by customer
+    group: np.ndarray  # int64 customer of each identifier in ``order``, 0..n_customers-1
     n_customers: int
     duplicates: int  # occurrences beyond the first of each identifier
     merged_rows: int  # rows with identifiers, less customers
-
-
-def group_items(
-    types: np.ndarray, digests: np.ndarray, roots: np.ndarray, values: int, rows_with_values: int
-) -> Grouping:
-    """Customers of distinct identifiers whose rows' roots are ``roots``, numbered in
-    the order of their first row (a root is the first row of its customer)."""
-    customer_roots, group = np.unique(roots, return_inverse=True)
-    order = np.argsort(group, kind="stable")
-    return Grouping(
-        types=types[order],
-        digests=digests[order],
-        group=group[order].astype(np.int64),
-        n_customers=int(customer_roots.size),
-        duplicates=values - int(types.size),
-        merged_rows=rows_with_values - int(customer_roots.size),
-    )

@@ -60,9 +60,9 @@ class FileFormatError(Exception):
 class Lines:
     """Numbered text lines of a file, each ending in ``\\n`` except perhaps the last.
 
-    ``encoding`` names what was recognised (``utf-8``, ``utf-16``, ...; ``+gzip`` when
-    compressed) and ``undecodable`` the rule for a line that is not valid in it. Use as
-    a context manager; iterating reads the file once.
+    ``encoding`` names what was recognised (``UTF-8``, ``UTF-16``, ``UTF-32``, with
+    ``+gzip`` when compressed) and ``undecodable`` the rule for a line that is not valid
+    in it. Use as a context manager; iterating reads the file once.
     """
 
     def __init__(self, path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,10 @@ from psi.identifiers import (
     read_phone,
     region_code,
 )
+from psi.parallel import get_executor, imap
 from psi.records import MalformedFile
 
-from .customers import Occurrences
+from .customers import Grouping, Occurrences
 from .files import DELIMITERS, FileFormatError, Lines, csv_records, open_lines, split_header
 
 __all__ = [
@@ -55,6 +57,10 @@ BAD_COUNTRY = (
     "no country code, and the country column holds no ISO 3166 two-letter code; "
     "fix the country or add the country code"
 )
+# Values per pool task: large enough that sending a batch costs little beside encoding
+# it, small enough that a few in flight hold little memory.
+BATCH = 4096
+_ITEMS_CHUNK = 1 << 16
 _MAX_SHOWN_COLUMNS = 30
 _MAX_SHOWN_WIDTH = 40
 
@@ -223,105 +229,140 @@ def _locate(
     return chosen, located
 
 
+@dataclass
+class _Encoded:
+    """What one batch of values encoded to: valid occurrences in flat buffers, the
+    rejected values, and tallies per type."""
+
+    types: bytearray = field(default_factory=bytearray)
+    digests: bytearray = field(default_factory=bytearray)
+    rows: array = field(default_factory=lambda: array("q"))
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    submitted: list[int] = field(default_factory=lambda: [0] * len(ID_TYPES))
+    mismatched: list[int] = field(default_factory=lambda: [0] * len(ID_TYPES))
+    national_phones: int = 0
+
+
+# (line, row, type index, value, region, region is the default, country cell unreadable)
+_Value = tuple[int, int, int, str, "str | None", bool, bool]
+
+
+def _encode(value: _Value, prehashed: bool, out: _Encoded) -> bytes:
+    """The digest of one value; ``InvalidIdentifierError`` naming the rule it broke."""
+    line, row, type_index, text, region, default_region, bad_country = value
+    id_type = ID_TYPES[type_index]
+    if prehashed:
+        try:
+            return digest_from_hex(id_type, text)
+        except InvalidIdentifierError:
+            out.mismatched[type_index] += 1
+            raise
+    if is_sha256_hex(text):
+        out.mismatched[type_index] += 1
+        raise InvalidIdentifierError(id_type, RAW_BUT_HASHED)
+    if id_type == "email":
+        return hashlib.sha256(normalize_email(text).encode("utf-8")).digest()
+    try:
+        e164, national = read_phone(text, region)
+    except InvalidIdentifierError as exc:
+        if bad_country and exc.rule == PHONE_NEEDS_COUNTRY:
+            raise InvalidIdentifierError(id_type, BAD_COUNTRY) from None
+        raise
+    if national and default_region:
+        out.national_phones += 1
+    return hashlib.sha256(e164.encode("ascii")).digest()
+
+
+def _encode_batch(values: list[_Value], prehashed: bool) -> _Encoded:
+    """Pool task: normalize and hash one batch of values (phones cost ~0.1 ms each)."""
+    out = _Encoded()
+    for value in values:
+        line, row, type_index = value[0], value[1], value[2]
+        out.submitted[type_index] += 1
+        try:
+            digest = _encode(value, prehashed, out)
+        except InvalidIdentifierError as exc:
+            out.invalid.append((line, f"{ID_TYPES[type_index]}: {exc.rule}"))
+        except UnicodeEncodeError:  # a lone surrogate cannot be hashed as UTF-8
+            out.invalid.append((line, f"{ID_TYPES[type_index]}: not valid Unicode"))
+        else:
+            out.types.append(type_index)
+            out.digests += digest
+            out.rows.append(row)
+    return out
+
+
 class _Reader:
-    """Encodes values into occurrences and tallies what was submitted and rejected."""
+    """Walks a file's rows into values to encode, keeping what is rejected per row."""
 
     def __init__(self, prehashed: bool, region: str | None) -> None:
         self.prehashed = prehashed
         self.region = region
-        self.occurrences = Occurrences()
-        self.invalid: list[tuple[int, str]] = []
-        self.submitted = [0] * len(ID_TYPES)
-        self.mismatched = [0] * len(ID_TYPES)  # hashed in a raw list, or not hashed in a hashed one
-        self.national_phones = 0
+        self.invalid: list[tuple[int, str]] = []  # rows rejected as a whole
+        self.n_rows = 0
+        self.delimiter: str | None = None
 
-    def value(self, line: int, row: int, type_index: int, value: str, region: str | None,
-              default_region: bool, bad_country: bool) -> None:
-        self.submitted[type_index] += 1
-        id_type = ID_TYPES[type_index]
-        try:
-            if self.prehashed:
-                try:
-                    digest = digest_from_hex(id_type, value)
-                except InvalidIdentifierError:
-                    self.mismatched[type_index] += 1
-                    raise
-            elif is_sha256_hex(value):
-                self.mismatched[type_index] += 1
-                raise InvalidIdentifierError(id_type, RAW_BUT_HASHED)
-            elif id_type == "email":
-                digest = hashlib.sha256(normalize_email(value).encode("utf-8")).digest()
-            else:
-                try:
-                    e164, national = read_phone(value, region)
-                except InvalidIdentifierError as exc:
-                    if bad_country and exc.rule == PHONE_NEEDS_COUNTRY:
-                        raise InvalidIdentifierError(id_type, BAD_COUNTRY) from None
-                    raise
-                if national and default_region:
-                    self.national_phones += 1
-                digest = hashlib.sha256(e164.encode("ascii")).digest()
-        except InvalidIdentifierError as exc:
-            self.invalid.append((line, f"{id_type}: {exc.rule}"))
-        except UnicodeEncodeError:  # a lone surrogate cannot be hashed as UTF-8
-            self.invalid.append((line, f"{id_type}: not valid Unicode"))
-        else:
-            self.occurrences.add(type_index, digest, row)
-
-    def refuse_mismatch(self, name: str, id_types: Sequence[str]) -> None:
-        """Refuse a list whose every value of one type contradicts --prehashed."""
-        for id_type in id_types:
-            t = ID_TYPES.index(id_type)
-            if not self.submitted[t] or self.mismatched[t] < self.submitted[t]:
+    def table(self, path: Path, lines: Lines, columns, country_column, delimiter) -> Iterator[_Value]:
+        it = iter(lines)
+        _, header = _header(it, path, lines.undecodable)
+        self.delimiter, located = _locate(path, header, columns, country_column, delimiter)
+        needed = max(i for _, i in located.ids) + 1
+        for start, fields, problem in csv_records(it, self.delimiter, lines.undecodable):
+            row = self.n_rows
+            self.n_rows += 1
+            if problem:
+                self.invalid.append((start, problem))
                 continue
-            if self.prehashed:
-                raise InputError(
-                    f"no {id_type} value in {name} is a SHA-256 hex digest (64 hex digits) as "
-                    f"--prehashed requires: for raw values leave out --prehashed; digests of "
-                    f"another kind (MD5, SHA-1, SHA-512) cannot be matched"
-                )
-            extra = " and say how phones were hashed with --phone-hash-format" if id_type == "phone" else ""
+            if len(fields) < needed and not any(fields[i].strip() for _, i in located.ids if i < len(fields)):
+                self.invalid.append((start, SHORT_ROW))
+                continue
+            region, default_region, bad_country = self.region, True, False
+            country = next((fields[i].strip() for i in located.country if i < len(fields) and fields[i].strip()), "")
+            if country:
+                region, default_region = region_code(country), False
+                bad_country = region is None
+            for type_index, i in located.ids:
+                if i < len(fields) and fields[i].strip():
+                    yield start, row, type_index, fields[i], region, default_region, bad_country
+
+    def plain(self, lines: Lines, type_index: int) -> Iterator[_Value]:
+        for number, text, ok in lines:
+            if not ok:
+                self.n_rows += 1
+                self.invalid.append((number, lines.undecodable))
+            elif text.strip():
+                self.n_rows += 1
+                yield number, self.n_rows - 1, type_index, text, self.region, True, False
+
+
+def _batches(values: Iterator[_Value], size: int = BATCH) -> Iterator[list[_Value]]:
+    batch: list[_Value] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _refuse_mismatch(name: str, id_types: Sequence[str], prehashed: bool, submitted, mismatched) -> None:
+    """Refuse a list whose every value of one type contradicts --prehashed."""
+    for id_type in id_types:
+        t = ID_TYPES.index(id_type)
+        if not submitted[t] or mismatched[t] < submitted[t]:
+            continue
+        if prehashed:
             raise InputError(
-                f"every {id_type} value in {name} is a SHA-256 hex digest: the list is hashed; "
-                f"give --prehashed{extra}"
+                f"no {id_type} value in {name} is a SHA-256 hex digest (64 hex digits) as "
+                f"--prehashed requires: for raw values leave out --prehashed; digests of "
+                f"another kind (MD5, SHA-1, SHA-512) cannot be matched"
             )
-
-
-def _read_table(path: Path, lines: Lines, reader: _Reader, columns, country_column, delimiter) -> tuple[int, str]:
-    it = iter(lines)
-    _, header = _header(it, path, lines.undecodable)
-    chosen, located = _locate(path, header, columns, country_column, delimiter)
-    needed = max(i for _, i in located.ids) + 1
-    row = -1
-    for start, fields, problem in csv_records(it, chosen, lines.undecodable):
-        row += 1
-        if problem:
-            reader.invalid.append((start, problem))
-            continue
-        if len(fields) < needed and not any(fields[i].strip() for _, i in located.ids if i < len(fields)):
-            reader.invalid.append((start, SHORT_ROW))
-            continue
-        region, default_region, bad_country = reader.region, True, False
-        country = next((fields[i].strip() for i in located.country if i < len(fields) and fields[i].strip()), "")
-        if country:
-            region, default_region = region_code(country), False
-            bad_country = region is None
-        for type_index, i in located.ids:
-            if i < len(fields) and fields[i].strip():
-                reader.value(start, row, type_index, fields[i], region, default_region, bad_country)
-    return row + 1, chosen
-
-
-def _read_plain(lines: Lines, reader: _Reader, type_index: int) -> int:
-    row = -1
-    for number, text, ok in lines:
-        if not ok:
-            row += 1
-            reader.invalid.append((number, lines.undecodable))
-        elif text.strip():
-            row += 1
-            reader.value(number, row, type_index, text, reader.region, True, False)
-    return row + 1
+        extra = " and say how phones were hashed with --phone-hash-format" if id_type == "phone" else ""
+        raise InputError(
+            f"every {id_type} value in {name} is a SHA-256 hex digest: the list is hashed; "
+            f"give --prehashed{extra}"
+        )
 
 
 def read_customers(
@@ -333,6 +374,7 @@ def read_customers(
     region: str | None = None,
     country_column: str | None = None,
     delimiter: str | None = None,
+    workers: int | None = 1,
 ) -> CustomerList:
     """Read a customer list.
 
@@ -342,6 +384,9 @@ def read_customers(
     country code are read (``None``: nowhere, they are rejected); ``country_column``
     names a column whose ISO 3166 code overrides it per row. With ``prehashed``, values
     are hex SHA-256 of normalized identifiers, phones hashed as ``phone_hash_format``.
+    Raw phone numbers are parsed on ``workers`` processes (``None``: every core) while
+    this one reads the file; emails and digests cost less to encode than to send there,
+    and are encoded here.
 
     Raises ``OptionError`` for options that cannot apply (before the file is opened) and
     ``InputError`` for a file that cannot be used as a whole.
@@ -352,12 +397,25 @@ def read_customers(
         raise InputError(f"{path} is not a readable file")
     id_types = tuple(t for t in ID_TYPES if t in {t for t, _ in columns})
     reader = _Reader(prehashed, region)
+    occurrences = Occurrences()
+    submitted, mismatched = [0] * len(ID_TYPES), [0] * len(ID_TYPES)
+    national_phones = 0
+    invalid: list[tuple[int, str]] = []
     try:
         with open_lines(path) as lines:
             if columns[0][1] is None:
-                n_rows, chosen = _read_plain(lines, reader, ID_TYPES.index(columns[0][0])), None
+                values = reader.plain(lines, ID_TYPES.index(columns[0][0]))
             else:
-                n_rows, chosen = _read_table(path, lines, reader, columns, country_column, delimiter)
+                values = reader.table(path, lines, columns, country_column, delimiter)
+            tasks = ((batch, prehashed) for batch in _batches(values))
+            phones = not prehashed and "phone" in id_types
+            for done in imap(get_executor(workers if phones else 1), _encode_batch, tasks):
+                occurrences.add(done.types, done.digests, done.rows)
+                invalid += done.invalid
+                national_phones += done.national_phones
+                for t in range(len(ID_TYPES)):
+                    submitted[t] += done.submitted[t]
+                    mismatched[t] += done.mismatched[t]
             encoding = lines.encoding
     except FileFormatError as exc:
         raise InputError(f"{path.name} {exc}") from None
@@ -367,23 +425,32 @@ def read_customers(
         raise InputError(f"{path.name} is not a complete gzip file (corrupt or cut short)") from None
     except OSError as exc:
         raise InputError(f"cannot read {path.name}: {exc.strerror or 'read error'}") from None
-    reader.refuse_mismatch(path.name, id_types)
-    grouping = reader.occurrences.finish()
-    prefixes = [t.encode("ascii") + b"\x00" for t in ID_TYPES]
-    blob = grouping.digests.tobytes()
-    items = [prefixes[t] + blob[32 * i : 32 * i + 32] for i, t in enumerate(grouping.types.tolist())]
+    _refuse_mismatch(path.name, id_types, prehashed, submitted, mismatched)
+    grouping = occurrences.finish()
     counts = np.bincount(grouping.types, minlength=len(ID_TYPES))
     return CustomerList(
-        items=items,
+        items=_items(grouping),
         group=grouping.group,
         n_customers=grouping.n_customers,
         id_types=id_types,
-        n_rows=n_rows,
+        n_rows=reader.n_rows,
         per_type={t: int(counts[ID_TYPES.index(t)]) for t in id_types},
-        invalid=sorted(reader.invalid),
+        invalid=sorted(invalid + reader.invalid),
         duplicates=grouping.duplicates,
         merged_rows=grouping.merged_rows,
-        national_phones=reader.national_phones,
+        national_phones=national_phones,
         encoding=encoding,
-        delimiter=chosen,
+        delimiter=reader.delimiter,
     )
+
+
+def _items(grouping: Grouping) -> list[bytes]:
+    """``id_type || 0x00 || digest`` of each identifier, by customer; built a slice at a
+    time so no index list as long as the list is held besides."""
+    prefixes = [t.encode("ascii") + b"\x00" for t in ID_TYPES]
+    digests, items = grouping.digests, []
+    for start in range(0, grouping.order.size, _ITEMS_CHUNK):
+        positions = grouping.order[start : start + _ITEMS_CHUNK]
+        items += [prefixes[t] + digests[32 * i : 32 * i + 32]
+                  for i, t in zip(positions.tolist(), grouping.types[positions].tolist())]
+    return items

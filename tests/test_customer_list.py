@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import unicodedata
 import zipfile
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,15 @@ def test_occurrences_match_the_expected_customers(rows, fold_min):
     encoded = []
     for r, values in enumerate(rows):
         encoded.append([bytes([t]) + hashlib.sha256(bytes([v])).digest() for t, v in values])
-        for t, v in values:
-            occurrences.add(t, hashlib.sha256(bytes([v])).digest(), r)
+        # added a row at a time, or a value at a time
+        for part in ([values] if r % 2 else [[v] for v in values]):
+            occurrences.add(bytes(t for t, _ in part), b"".join(hashlib.sha256(bytes([v])).digest() for _, v in part),
+                            array("q", [r] * len(part)))
     grouping = occurrences.finish()
     want = expected(encoded)
     got: dict[int, set[bytes]] = {}
-    for t, d, g in zip(grouping.types.tolist(), grouping.digests, grouping.group.tolist()):
-        got.setdefault(g, set()).add(bytes([t]) + d.tobytes())
+    for i, g in zip(grouping.order.tolist(), grouping.group.tolist()):
+        got.setdefault(g, set()).add(bytes([grouping.types[i]]) + bytes(grouping.digests[32 * i : 32 * i + 32]))
     assert {frozenset(c) for c in got.values()} == want["partition"]
     assert (grouping.n_customers, grouping.duplicates, grouping.merged_rows) == (
         want["n_customers"], want["duplicates"], want["merged_rows"])
@@ -493,3 +496,24 @@ def test_cli_refusals_exit_before_any_network_call(tmp_path, content, args, code
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr
     assert "hint:" not in out.stderr and "a@example.com" not in out.stderr
+
+
+def test_batches_and_worker_processes_change_nothing(tmp_path):
+    """Rows chained through shared identifiers across many batches of values, read
+    inline and on two worker processes, give one answer: the expected one."""
+    rows, truth = ["Email,Phone,Email"], []
+    for i in range(5000):
+        # row i shares its second address with row i + 1's first: chains of 7 rows
+        a, b = f"c{i}@example.com", f"c{i + 1}@example.com" if i % 7 else f"solo{i}@example.org"
+        phone = f"+1 212 555 {i % 100 + 100:04d}" if i % 50 == 0 else ""
+        rows.append(f"{a.upper()},{phone},{b}")
+        truth.append([encoding_of("email", a), encoding_of("email", b)]
+                     + ([encoding_of("phone", f"+1212555{i % 100 + 100:04d}")] if phone else []))
+    path = tmp_path / "chains.csv"
+    path.write_text("\n".join(rows) + "\n")
+    columns = [("email", "email"), ("phone", "phone")]
+    inline = read_customers(path, columns, region="US", workers=1)
+    pooled = read_customers(path, columns, region="US", workers=2)
+    check_list(inline, expected(truth))
+    assert (inline.items, inline.group.tolist()) == (pooled.items, pooled.group.tolist())
+    assert inline.n_submitted > 2 * 4096
