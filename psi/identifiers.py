@@ -225,7 +225,7 @@ def digest_from_hex(id_type: str, value: str) -> bytes:
         raise InvalidIdentifierError(
             id_type, f"{_OTHER_DIGESTS[len(digest)]} digest; only SHA-256 (64 hex digits) can be matched"
         )
-    raise InvalidIdentifierError(id_type, "not a SHA-256 digest (64 hex digits)")
+    raise InvalidIdentifierError(id_type, "prehashed value is not 64 hex digits")
 
 
 def is_sha256_hex(value: str) -> bool:
