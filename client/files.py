@@ -38,7 +38,8 @@ __all__ = [
 # Tried in this order when the header names the columns under several of them.
 DELIMITERS = (",", ";", "\t", "|")
 GZIP_MAGIC = b"\x1f\x8b"
-_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGIC = b"PK\x03\x04"  # .xlsx, .ods, .zip
+_OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls
 # Longest BOM first: the UTF-32 LE mark begins with the UTF-16 LE one.
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -80,8 +81,8 @@ class Lines:
         if compressed:
             binary = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
         head = binary.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
-        if head.startswith(_ZIP_MAGIC):
-            raise FileFormatError("is a ZIP archive or an Excel workbook; export the sheet as CSV")
+        if head.startswith(_ZIP_MAGIC) or head.startswith(_OLE2_MAGIC):
+            raise FileFormatError("is a workbook or an archive, not text; export the sheet as CSV")
         for bom, encoding in _BOMS:
             if head.startswith(bom):
                 break

@@ -312,7 +312,8 @@ def test_short_rows_and_missing_fields(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"PK\x03\x04" + bytes(100), "Excel workbook; export the sheet as CSV"),
+    (b"PK\x03\x04" + bytes(100), "a workbook or an archive, not text; export the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500), "a workbook or an archive"),
     ("email\na@example.com\n".encode("utf-16-le"), "UTF-16 without a byte-order mark"),
     (gzip.compress(b"email\n" + b"a@example.com\n" * 1000)[:-40], "not a complete gzip file"),
     (b"\x1f\x8b\x08\x00garbage", "not a complete gzip file"),
@@ -331,7 +332,7 @@ def test_a_real_workbook_is_refused(tmp_path):
     path = tmp_path / "list.xlsx"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("[Content_Types].xml", "<Types/>")
-    with pytest.raises(InputError, match="Excel workbook"):
+    with pytest.raises(InputError, match="export the sheet as CSV"):
         read_customers(path, [("email", "email")])
 
 
