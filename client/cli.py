@@ -37,7 +37,6 @@ _HINT = {
     "budget": "your privacy budget for this period is spent; it renews as old queries age out",
     "busy": "the server is at its session limit; retry in a moment",
     "input": "check the list",
-    # Refusals of the list itself name their fix in the message: no hint is added.
     "server": "the server could not complete the match; nothing was charged unless a count was shown",
 }
 
@@ -78,7 +77,7 @@ def _interval(result: MatchResult) -> int | None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="psi-match",
-        description="Count how many identifiers of a list a platform can reach, among its users who "
+        description="Count how many customers of a list a platform can reach, among its users who "
         "consented to ads matching, without either side seeing the other's identifiers.",
     )
     p.add_argument("file", help="the customer list: a CSV (or TSV, ...) with a header naming the "
@@ -114,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", help="key of --client-cert")
     p.add_argument("--min-table-size", type=int, default=1000,
                    help="refuse servers whose table is smaller than this (default 1000)")
-    p.add_argument("--workers", type=int, help="processes for hashing and X25519 (default: all cores)")
+    p.add_argument("--workers", type=int, help="processes for parsing phone numbers, hashing and X25519 (default: all cores)")
     p.add_argument("--executor", help="'local[:N]', 'dask://HOST:PORT', 'dask+tls://HOST:PORT' or 'dask-local[:N]'")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole session (default 3600)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -122,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fail(kind: str, message: str, as_json: bool, hint: bool = True) -> int:
+    """Report a failure; ``hint=False`` where the message itself names the fix (every
+    refusal of the list or its options)."""
     err.print(f"[red]error:[/] {escape(message)}")
     if hint and kind in _HINT:
         err.print(f"  hint: {_HINT[kind]}")
