@@ -167,10 +167,9 @@ def _missing_columns(name: str, missing: list[str], cells: list[str], delimiter:
         )
     shown = [c[:_MAX_SHOWN_WIDTH] if c.isprintable() else "?" for c in cells[:_MAX_SHOWN_COLUMNS]]
     more = f" and {len(cells) - _MAX_SHOWN_COLUMNS} more" if len(cells) > _MAX_SHOWN_COLUMNS else ""
-    how = "" if not sniffed else (
-        f"; fields read as separated by {_delimiter_name(delimiter)}, give --delimiter if they are not"
-        if len(cells) == 1 else ""
-    )
+    how = ""
+    if sniffed and len(cells) == 1:  # no delimiter tried split it: perhaps another one
+        how = f"; fields read as separated by {_delimiter_name(delimiter)}, give --delimiter if they are not"
     return InputError(f"{name} has no column {wanted} (columns: {', '.join(shown)}{more}){how}")
 
 
@@ -178,9 +177,7 @@ def _delimiter_name(delimiter: str) -> str:
     return {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "bars"}.get(delimiter, repr(delimiter))
 
 
-def _header(
-    lines: Iterator[tuple[int, str, bool]], path: Path, undecodable: str
-) -> tuple[int, str]:
+def _header(lines: Iterator[tuple[int, str, bool]], path: Path, undecodable: str) -> str:
     """The header line, after any leading blank lines and '#' comment lines (Google's
     Customer Match template begins with instructions written so)."""
     for number, text, ok in lines:
@@ -188,7 +185,7 @@ def _header(
             raise InputError(f"{path.name}: line {number}, the header, is {undecodable}")
         stripped = text.strip()
         if stripped and not stripped.startswith("#"):
-            return number, text
+            return text
     raise InputError(f"{path.name} has no header line")
 
 
@@ -249,7 +246,7 @@ _Value = tuple[int, int, int, str, "str | None", bool, bool]
 
 def _encode(value: _Value, prehashed: bool, out: _Encoded) -> bytes:
     """The digest of one value; ``InvalidIdentifierError`` naming the rule it broke."""
-    line, row, type_index, text, region, default_region, bad_country = value
+    _, _, type_index, text, region, default_region, bad_country = value
     id_type = ID_TYPES[type_index]
     if prehashed:
         try:
@@ -304,7 +301,7 @@ class _Reader:
 
     def table(self, path: Path, lines: Lines, columns, country_column, delimiter) -> Iterator[_Value]:
         it = iter(lines)
-        _, header = _header(it, path, lines.undecodable)
+        header = _header(it, path, lines.undecodable)
         self.delimiter, located = _locate(path, header, columns, country_column, delimiter)
         needed = max(i for _, i in located.ids) + 1
         for start, fields, problem in csv_records(it, self.delimiter, lines.undecodable):
