@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("input", str(exc), args.json, hint=False)
     _show_list(listing, args)
     if not listing.items:
-        return _fail("input", "the list holds no valid identifiers", args.json, hint=False)
+        return _fail("input", "the list holds no valid identifiers: fix the values reported above, "
+                     "or name the right columns", args.json, hint=False)
     # Bridge to the single-type session (protocol version 1), until the session takes
     # customer groups: it counts identifiers, which are customers only when each
     # customer has exactly one identifier, of one type.
