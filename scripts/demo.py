@@ -1,12 +1,14 @@
 """The main job end to end on loopback, on synthetic data.
 
-A fresh registry of synthetic users (some addresses given only for two-factor
-authentication, some users who revoked consent), an advertiser, a customer list that
-overlaps both kinds, ``psi-server serve`` as a process and ``psi-match`` against it.
+A fresh registry of synthetic users (some addresses and most phone numbers given only for
+two-factor authentication, some users who revoked consent), an advertiser, a customer
+list with an email and a phone column that overlaps both kinds, ``psi-server serve`` as
+a process and ``psi-match`` against it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import signal
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from psi_server.service import wait_serving
-from psi_server.synthetic import advertiser_list, generate, write_csv
+from psi_server.synthetic import advertiser_customers, generate, write_csv
 
 USERS = 20_000
 LIST = 5_000
@@ -45,11 +47,11 @@ def main() -> None:
     ROOT.mkdir()
     db = ROOT / "registry.db"
     out.rule("[bold]platform side")
-    syn = generate(USERS, seed=2026)
+    syn = generate(USERS, seed=2026, phone_rate=0.5)
     write_csv(syn.rows, ROOT / "users.csv")
     security_only = sum(1 for r in syn.rows if r[3] == "security")
     out.print(f"{USERS:,} synthetic users, {len(syn.rows):,} consent rows "
-              f"({security_only:,} addresses given only for security)")
+              f"({security_only:,} addresses and phone numbers given only for security)")
     run(SERVER + ["init", "--db", str(db)])
     run(SERVER + ["consent", "import", "--db", str(db), str(ROOT / "users.csv")])
     token = run(SERVER + ["advertiser", "add", "--db", str(db), "acme-shoes", "--epsilon-budget", "2"],
@@ -67,19 +69,27 @@ def main() -> None:
             raise SystemExit(f"{exc}; see demo-run/server.log") from None
         out.print(f"server listening on {address} (log: demo-run/server.log)")
         out.rule("[bold]advertiser side")
-        listing = advertiser_list(syn, LIST, overlap=0.6, seed=7)
-        (ROOT / "customers.txt").write_text("\n".join(listing) + "\n")
-        out.print(f"customer list: {LIST:,} addresses (demo-run/customers.txt)")
+        customers = advertiser_customers(syn, LIST, overlap=0.6, seed=7)
+        with (ROOT / "customers.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["email", "phone"])
+            writer.writerows(customers)
+        out.print(f"customer list: {len(customers):,} rows of email and phone (demo-run/customers.csv)")
         result = run(CLIENT + ["--server", address, "--token-file", str(ROOT / "acme.token"),
-                               "--id-type", "email", "--insecure", "--epsilon", str(EPSILON), "--json",
-                               str(ROOT / "customers.txt")], capture_output=False, stdout=subprocess.PIPE, text=True)
+                               "--email-column", "email", "--phone-column", "phone", "--insecure",
+                               "--epsilon", str(EPSILON), "--json", str(ROOT / "customers.csv")],
+                     capture_output=False, stdout=subprocess.PIPE, text=True)
         answer = json.loads(result.stdout.strip().splitlines()[-1])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         log.close()
-    truth = len(set(listing) & syn.matchable)
-    blind = len(set(listing) & syn.everything)
+    # one customer per email (rows that repeat one are merged), reachable through either
+    by_email: dict[str, set[str]] = {}
+    for email, phone in customers:
+        by_email.setdefault(email, set()).update(v for v in (email, phone) if v)
+    truth = sum(1 for ids in by_email.values() if ids & syn.matchable)
+    blind = sum(1 for ids in by_email.values() if ids & syn.everything)
     out.rule("[bold]result")
     table = Table(show_header=True)
     table.add_column("")
@@ -90,8 +100,10 @@ def main() -> None:
     table.add_row("true consented overlap (never released)", f"{truth:,}")
     table.add_row("what a purpose-blind matcher would have counted", f"{blind:,}")
     out.print(table)
-    out.print(f"{blind - truth:,} of the list's addresses at the platform were given only for security "
-              "or belong to users who revoked consent: they were never matchable.")
+    out.print(f"{blind - truth:,} of the list's customers are known to the platform only through "
+              "identifiers given for security, or belong to users who revoked consent: they were "
+              f"never matchable. The list's {answer['n_customers']:,} customers ({len(customers):,} rows) "
+              "were matched in one session, each counted once, whether reachable by email, phone or both.")
     out.print(f"budget left for acme-shoes: {answer['budget_remaining']:g} epsilon")
 
 
