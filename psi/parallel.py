@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import threading
@@ -57,11 +58,32 @@ class InlineExecutor:
         return future
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: exit as soon as the process that owns the pool is gone.
+
+    An idle worker otherwise waits for its next task forever after its owner is killed
+    (``kill -9`` leaves no chance to shut the pool down), and the forkserver, which
+    exits with its last child, and the resource tracker, which exits when the last of
+    them closes its pipe, stay with it. The parent's sentinel becomes readable exactly
+    when the parent process ends.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a pool worker
+        return
+
+    def wait() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
+
+
 class ProcessExecutor:
     """A local process pool.
 
     Workers are started with ``forkserver``, never ``fork``: the server process runs gRPC
-    threads, and forking a threaded process can deadlock the child.
+    threads, and forking a threaded process can deadlock the child. They exit by
+    themselves when the process that started them dies.
     """
 
     def __init__(self, workers: int | None = None) -> None:
@@ -70,7 +92,9 @@ class ProcessExecutor:
         # Workers fork from a server that has imported the core once, so each starts in
         # milliseconds instead of importing numpy, gmpy2 and cryptography again.
         context.set_forkserver_preload(["psi.keys", "psi.hash_to_curve"])
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_exit_with_parent
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
         return self._pool.submit(fn, *args)
