@@ -27,6 +27,7 @@ from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
 
 from . import advertisers, budget, store
 from .epochs import EpochManager
+from .health import Availability
 from .session import Policy, SessionError, run_session
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,10 @@ class _Slots:
 
 
 class MatcherService(pb_grpc.MatcherServicer):
-    def __init__(self, config: ServerConfig, epochs: EpochManager) -> None:
+    def __init__(self, config: ServerConfig, epochs: EpochManager, availability: Availability) -> None:
         self.config = config
         self.epochs = epochs
+        self.availability = availability
         self.slots = _Slots(config.max_sessions, config.max_sessions_per_advertiser)
 
     def _authenticate(self, context: grpc.ServicerContext) -> advertisers.Advertiser:
@@ -131,6 +133,7 @@ class MatcherService(pb_grpc.MatcherServicer):
         here, so that a message that does not decode ends the session with
         INVALID_ARGUMENT rather than gRPC's generic INTERNAL."""
         try:
+            self.availability.admit()
             adv = self._authenticate(context)
             self.slots.acquire(adv.id)
         except SessionError as err:
@@ -167,6 +170,10 @@ class MatcherService(pb_grpc.MatcherServicer):
             log.info("session for %s ended: the client went away", adv.name)
         except Exception:
             if context.is_active():
+                refusal = self.availability.refusal()  # the executor went away mid-session
+                if refusal is not None:
+                    log.info("session for %s ended: %s", adv.name, refusal.message)
+                    self._abort(context, refusal)
                 log.exception("session for %s failed", adv.name)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; nothing was charged")
         finally:
@@ -237,14 +244,13 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 class RunningServer:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    availability: Availability
     epochs: EpochManager
     service: MatcherService
     stop_event: threading.Event
 
     def stop(self, grace: float) -> None:
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.availability.stopping()
         done = self.server.stop(grace)
         log.info("refusing new sessions; running ones have %.0fs to finish", grace)
         done.wait()
@@ -271,12 +277,11 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
         maximum_concurrent_rpcs=2 * config.max_sessions + 8,
     )
-    service = MatcherService(config, epochs)
-    server.add_generic_rpc_handlers((_handlers(service),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    availability = Availability(health_servicer, (SERVICE_NAME,), config.executor)
+    service = MatcherService(config, epochs, availability)
+    server.add_generic_rpc_handlers((_handlers(service),))
     if creds is None:
         port = server.add_insecure_port(config.listen)
     else:
@@ -285,16 +290,17 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise OSError(f"cannot listen on {config.listen}")
     server.start()
     epochs.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, port, health_servicer, epochs, service, threading.Event())
+    availability.ready()
+    running = RunningServer(server, port, availability, epochs, service, threading.Event())
     threading.Thread(target=_rotator, args=(running,), daemon=True, name="epoch-rotation").start()
     return running
 
 
 def _rotator(running: RunningServer, poll: float = 5.0) -> None:
     while not running.stop_event.wait(poll):
-        if running.epochs.rotation_due():
+        # while the executor cannot compute, a rotation could only fail (with a traceback
+        # at every poll); it happens at the first poll after the executor is back
+        if running.epochs.rotation_due() and running.availability.serving():
             try:
                 running.epochs.rotate()
             except Exception:
