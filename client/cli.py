@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from psi.identifiers import ID_TYPES
+from psi.tls import TLSFileError
 
 from .input import InputError, read_list
-from .session import ClientConfig, MatchFailed, MatchResult, channel, get_budget, match
+
+# gRPC reads its log level once, when it is first imported. At its default it prints
+# lines of its own (a failed TLS handshake, at INFO) beside the one-line errors below;
+# GRPC_VERBOSITY set by the user still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from .session import ClientConfig, MatchFailed, MatchResult, channel, get_budget, match  # noqa: E402
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -27,8 +35,13 @@ EXIT_AUTH = 4
 EXIT_BUDGET = 5
 EXIT_BUSY = 6
 EXIT_SERVER = 7
-_EXIT_BY_KIND = {"auth": EXIT_AUTH, "budget": EXIT_BUDGET, "busy": EXIT_BUSY, "input": EXIT_INPUT, "server": EXIT_SERVER}
+_EXIT_BY_KIND = {
+    "epsilon": EXIT_USAGE, "tls": EXIT_USAGE, "auth": EXIT_AUTH, "budget": EXIT_BUDGET, "busy": EXIT_BUSY,
+    "input": EXIT_INPUT, "server": EXIT_SERVER,
+}
 _HINT = {
+    "epsilon": "choose an --epsilon within the server's bounds",
+    "tls": "check --ca-cert, and --client-cert/--client-key if the server requires client certificates",
     "auth": "check the token file, or ask the platform for a new token",
     "budget": "your privacy budget for this period is spent; it renews as old queries age out",
     "busy": "the server is at its session limit; retry in a moment",
@@ -112,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.client_cert) != bool(args.client_key):
         err.print("[red]error:[/] --client-cert and --client-key go together")
         return EXIT_USAGE
-    if args.epsilon <= 0:
-        err.print("[red]error:[/] --epsilon must be positive")
+    if not (math.isfinite(args.epsilon) and args.epsilon > 0):
+        err.print("[red]error:[/] --epsilon must be a positive number")
         return EXIT_USAGE
     try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
@@ -123,6 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         err.print(f"[red]error:[/] the token file {args.token_file} is empty")
         return EXIT_USAGE
+    config = ClientConfig(
+        server=args.server, token=token, insecure=args.insecure, ca_cert=args.ca_cert,
+        client_cert=args.client_cert, client_key=args.client_key, workers=args.workers,
+        min_table_size=args.min_table_size, timeout=args.timeout,
+    )
+    try:
+        chan = channel(config)  # checks the TLS files before the list is read
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot read a TLS file: {exc.strerror}")
+        return EXIT_USAGE
+    except TLSFileError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    try:
+        return _run(args, config, chan)
+    finally:
+        chan.close()
+
+
+def _run(args, config: ClientConfig, chan) -> int:
     try:
         with err.status("reading list"):
             listing = read_list(args.file, args.id_type, args.column, args.prehashed, args.region)
@@ -136,25 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"  line {line}: {rule}")
     if not listing.encoded:
         return _fail("input", "the list holds no valid identifiers", args.json)
-    executor = None
     if args.executor:
         from psi.cluster import executor_from_spec
 
         try:
-            executor = executor_from_spec(args.executor)
+            config.executor = executor_from_spec(args.executor)
         except (ValueError, ImportError) as exc:
             err.print(f"[red]error:[/] --executor: {exc}")
             return EXIT_USAGE
-    config = ClientConfig(
-        server=args.server, token=token, insecure=args.insecure, ca_cert=args.ca_cert,
-        client_cert=args.client_cert, client_key=args.client_key, workers=args.workers,
-        executor=executor, min_table_size=args.min_table_size, timeout=args.timeout,
-    )
-    try:
-        chan = channel(config)
-    except OSError as exc:
-        err.print(f"[red]error:[/] cannot read a TLS file: {exc.strerror}")
-        return EXIT_USAGE
     try:
         budget = get_budget(config, chan)
         if budget.epsilon_remaining + 1e-9 < args.epsilon:
@@ -172,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     except MatchFailed as exc:
         return _fail(exc.kind, exc.message, args.json)
     finally:
-        chan.close()
-        if hasattr(executor, "close"):
-            executor.close()
+        if hasattr(config.executor, "close"):
+            config.executor.close()
     _report(result, listing, args.json)
     return EXIT_OK
 

@@ -11,7 +11,6 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -24,10 +23,11 @@ from psi.protocol import PROTOCOL_VERSION, client as steps, shuffled
 from psi_proto.v1 import matcher_pb2 as pb
 from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
 
+from .channel import channel, connection_failure
+
 __all__ = ["ClientConfig", "MatchFailed", "MatchResult", "Steps", "channel", "get_budget", "match"]
 
 HASH_BATCH = 4096
-MAX_RECEIVE_BYTES = 4 << 20
 
 
 class Steps(Protocol):
@@ -82,17 +82,6 @@ class MatchResult:
     sensitivity: int
 
 
-def channel(config: ClientConfig) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
-    if config.insecure:
-        return grpc.insecure_channel(config.server, options=options)
-    ca = Path(config.ca_cert).read_bytes() if config.ca_cert else None
-    cert = Path(config.client_cert).read_bytes() if config.client_cert else None
-    key = Path(config.client_key).read_bytes() if config.client_key else None
-    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.secure_channel(config.server, creds, options=options)
-
-
 def _metadata(config: ClientConfig) -> tuple:
     return (("authorization", f"Bearer {config.token}"),)
 
@@ -115,8 +104,11 @@ def _failed(exc: grpc.RpcError) -> MatchFailed:
         return MatchFailed("busy", detail)
     if reason in ("list_too_small", "list_too_large"):
         return MatchFailed("input", detail)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        detail = f"server unavailable at this address ({detail})"
+    if reason == "epsilon":
+        return MatchFailed("epsilon", detail)
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        kind, message = connection_failure(detail)
+        return MatchFailed(kind, f"{code.name}: {message}")
     return MatchFailed(_KIND.get(code, "server"), f"{code.name}: {detail}")
 
 

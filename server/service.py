@@ -22,11 +22,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psi.parallel import Executor
+from psi.tls import check_certificates, check_key_pair
 from psi_proto.v1 import matcher_pb2 as pb
 from psi_proto.v1 import matcher_pb2_grpc as pb_grpc
 
 from . import advertisers, budget, store
 from .epochs import EpochManager
+from .grpc_options import check_listen, server_options
 from .health import Availability
 from .session import Policy, SessionError, run_session
 
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MatcherService", "ServerConfig", "is_loopback", "start_server", "wait_serving"]
 
 SERVICE_NAME = "psi.v1.Matcher"
-MAX_RECEIVE_BYTES = 1 << 20  # a chunk of points or digests is at most 512 KiB
 
 
 @dataclass
@@ -236,7 +237,10 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         raise ValueError("TLS needs --tls-cert and --tls-key (or --insecure on loopback)")
     key = Path(config.tls_key).read_bytes()
     cert = Path(config.tls_cert).read_bytes()
+    check_key_pair(cert, key, f"--tls-cert {config.tls_cert}", f"--tls-key {config.tls_key}")
     ca = Path(config.client_ca).read_bytes() if config.client_ca else None
+    if ca is not None:
+        check_certificates(ca, f"--client-ca {config.client_ca}")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -270,11 +274,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2 * config.max_sessions + 8, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-            ("grpc.max_send_message_length", 4 * MAX_RECEIVE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(),
         maximum_concurrent_rpcs=2 * config.max_sessions + 8,
     )
     health_servicer = health.HealthServicer()
@@ -282,12 +282,14 @@ def start_server(config: ServerConfig) -> RunningServer:
     availability = Availability(health_servicer, (SERVICE_NAME,), config.executor)
     service = MatcherService(config, epochs, availability)
     server.add_generic_rpc_handlers((_handlers(service),))
-    if creds is None:
-        port = server.add_insecure_port(config.listen)
-    else:
-        port = server.add_secure_port(config.listen, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    check_listen(config.listen)
+    try:
+        if creds is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, creds)
+    except RuntimeError:  # gRPC logged why; check_listen covers the common causes
+        raise OSError(f"cannot listen on {config.listen}") from None
     server.start()
     epochs.start()
     availability.ready()

@@ -97,6 +97,7 @@ def check_open(open_msg: pb.Open, policy: Policy) -> Fraction:
             "OUT_OF_RANGE",
             f"epsilon {open_msg.epsilon:g} is outside the server's bounds "
             f"[{policy.epsilon_min:g}, {policy.epsilon_max:g}]",
+            "epsilon",
         )
     if open_msg.n_items > policy.max_list_size:
         raise SessionError(
