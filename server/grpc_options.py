@@ -1,4 +1,5 @@
-"""The server's gRPC transport: its options, in one place, and whether it can listen.
+"""The server's gRPC transport: its options, in one place, whether it can listen, and
+whether gRPC's tracing would log request headers.
 
 Keepalive: a client that vanishes without closing its connection (its host died, or a
 NAT or proxy on the way stopped forwarding) would otherwise hold its session slot until
@@ -11,6 +12,7 @@ gRPC's defaults would punish as abuse when no data flows for a while.
 
 from __future__ import annotations
 
+import fnmatch
 import socket
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "KEEPALIVE_TIMEOUT_S",
     "MAX_RECEIVE_BYTES",
     "check_listen",
+    "header_tracers",
     "server_options",
 ]
 
@@ -78,3 +81,28 @@ def check_listen(listen: str) -> None:
                 reason = exc.strerror.lower() if exc.strerror else str(exc)
     raise OSError(f"cannot listen on {listen}: {reason}")
 
+
+# gRPC tracers that print request headers, ``authorization: Bearer <token>`` included:
+# found by running a server and a client under each tracer that grpcio 1.85 lists
+# (GRPC_TRACE=list_tracers); ``http`` printed them in earlier versions.
+HEADER_TRACERS = ("api", "chttp2_hpack_parser", "http")
+
+
+def header_tracers(grpc_trace: str) -> list[str]:
+    """The tracers of ``HEADER_TRACERS`` that a ``GRPC_TRACE`` value turns on.
+
+    gRPC reads the value as a comma-separated list applied in order: ``all``, names and
+    glob patterns turn tracers on, the same prefixed with ``-`` turn them off.
+    """
+    enabled = []
+    for tracer in HEADER_TRACERS:
+        on = False
+        for entry in grpc_trace.split(","):
+            entry = entry.strip().lower()
+            off = entry.startswith("-")
+            pattern = entry[1:] if off else entry
+            if pattern == "all" or fnmatch.fnmatchcase(tracer, pattern):
+                on = not off
+        if on:
+            enabled.append(tracer)
+    return enabled
