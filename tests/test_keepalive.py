@@ -1,7 +1,12 @@
 """Dead connections: a TCP proxy on loopback that stops forwarding mid-session, without
 closing anything, as a NAT or a host that vanished would. ``psi-match`` must fail with a
 one-line error and the server must free the session slot, both within a minute, not
-after their hour-long timeouts."""
+after their hour-long timeouts.
+
+Keepalive notices within about 20 s (a ping after 10 s of quiet, 10 s for its answer).
+The bound checked is tighter than the minute promised, so that it tells keepalive apart
+from gRPC's own last resort: a flow-control ping in flight gives up after 60 s.
+"""
 
 import socket
 import subprocess
@@ -19,6 +24,7 @@ pytestmark = pytest.mark.slow
 SYN = generate(3000, seed=17)
 LISTING = advertiser_list(SYN, 500, overlap=0.6, seed=3)
 TRUTH = len(set(LISTING) & SYN.matchable)
+NOTICED_WITHIN_S = 40
 
 
 class SilentProxy:
@@ -86,7 +92,7 @@ def test_connection_that_stops_forwarding(tmp_path):
         )
         failed_after = time.monotonic() - proxy.silent_at
         assert client.returncode == 7, client.stderr
-        assert failed_after < 60, failed_after
+        assert failed_after < NOTICED_WITHIN_S, failed_after
         lines = client.stderr.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("  hint: "), lines
         assert "UNAVAILABLE" in lines[0]
@@ -97,7 +103,8 @@ def test_connection_that_stops_forwarding(tmp_path):
             code, out, err = psi_match(server.address, token_file, listing)
             if code != 6:  # busy
                 break
-            assert time.monotonic() - proxy.silent_at < 60, "the server kept the dead session's slot"
+            waited = time.monotonic() - proxy.silent_at
+            assert waited < NOTICED_WITHIN_S, f"the server kept the dead session's slot for {waited:.0f} s"
             time.sleep(1)
         assert code == 0 and out["noisy_count"] == TRUTH, err
     finally:
