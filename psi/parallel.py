@@ -84,6 +84,9 @@ def _preparation_data(name: str) -> dict[str, Any]:
     return data
 
 
+# multiprocessing has no public way to start a child without the parent's __main__.
+# These are the narrowest hooks it has: every start method asks this function for the
+# child's preparation data, and _WorkerProcess below marks its own starts.
 multiprocessing.spawn.get_preparation_data = _preparation_data
 
 
