@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +16,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from psi.identifiers import DEFAULT_REGION, ID_TYPES
-
 from psi.noise import count_epsilon, epsilon_fraction
 from psi.protocol import MAX_GROUP_SIZE, Outcome
+from psi.tls import TLSFileError
 
 from .input import PHONE_HASH_FORMATS, CustomerList, InputError, OptionError, read_customers
-from .session import ClientConfig, MatchFailed, channel, get_budget, match
+
+# gRPC reads its log level once, when it is first imported. At its default it prints
+# lines of its own (a failed TLS handshake, at INFO) beside the one-line errors below;
+# GRPC_VERBOSITY set by the user still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from .session import ClientConfig, MatchFailed, channel, get_budget, match  # noqa: E402
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -35,9 +42,11 @@ EXIT_BUSY = 6
 EXIT_SERVER = 7
 _EXIT_BY_KIND = {
     "auth": EXIT_AUTH, "budget": EXIT_BUDGET, "busy": EXIT_BUSY, "input": EXIT_INPUT,
-    "server": EXIT_SERVER, "usage": EXIT_USAGE,
+    "server": EXIT_SERVER, "usage": EXIT_USAGE, "epsilon": EXIT_USAGE, "tls": EXIT_USAGE,
 }
 _HINT = {
+    "epsilon": "choose an --epsilon within the server's bounds",
+    "tls": "check --ca-cert, and --client-cert/--client-key if the server requires client certificates",
     "auth": "check the token file, or ask the platform for a new token",
     "budget": "your privacy budget for this period is spent; it renews as old queries age out",
     "busy": "the server is at its session limit; retry in a moment",
@@ -204,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.client_cert) != bool(args.client_key):
         err.print("[red]error:[/] --client-cert and --client-key go together")
         return EXIT_USAGE
-    if args.epsilon <= 0:
-        err.print("[red]error:[/] --epsilon must be positive")
+    if not (math.isfinite(args.epsilon) and args.epsilon > 0):
+        err.print("[red]error:[/] --epsilon must be a positive number")
         return EXIT_USAGE
     try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
@@ -215,6 +224,26 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         err.print(f"[red]error:[/] the token file {args.token_file} is empty")
         return EXIT_USAGE
+    config = ClientConfig(
+        server=args.server, token=token, insecure=args.insecure, ca_cert=args.ca_cert,
+        client_cert=args.client_cert, client_key=args.client_key, workers=args.workers,
+        min_table_size=args.min_table_size, timeout=args.timeout,
+    )
+    try:
+        chan = channel(config)  # checks the TLS files before the list is read
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot read a TLS file: {exc.strerror}")
+        return EXIT_USAGE
+    except TLSFileError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    try:
+        return _run(args, config, chan)
+    finally:
+        chan.close()
+
+
+def _run(args, config: ClientConfig, chan) -> int:
     try:
         with err.status("reading list"):
             listing = _read(args)
@@ -231,27 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("input", f"one customer holds {largest:,} identifiers once rows that share an identifier "
                      f"are merged (at most {MAX_GROUP_SIZE:,}): look for a placeholder value repeated across "
                      "rows", args.json, hint=False)
-    executor = None
     if args.executor:
         from psi.cluster import executor_from_spec
 
         try:
-            executor = executor_from_spec(args.executor)
+            config.executor = executor_from_spec(args.executor)
         except (ValueError, ImportError) as exc:
             err.print(f"[red]error:[/] --executor: {exc}")
             return EXIT_USAGE
-    config = ClientConfig(
-        server=args.server, token=token, insecure=args.insecure, ca_cert=args.ca_cert,
-        client_cert=args.client_cert, client_key=args.client_key, workers=args.workers,
-        executor=executor, min_table_size=args.min_table_size, timeout=args.timeout,
-    )
-    try:
-        chan = channel(config)
-    except OSError as exc:
-        err.print(f"[red]error:[/] cannot read a TLS file: {exc.strerror}")
-        return EXIT_USAGE
     try:
         budget = get_budget(config, chan)
+        if not budget.epsilon_min <= args.epsilon <= budget.epsilon_max:
+            return _fail(
+                "epsilon",
+                f"--epsilon {args.epsilon:g} is outside this server's bounds "
+                f"[{budget.epsilon_min:g}, {budget.epsilon_max:g}]; nothing was charged",
+                args.json,
+            )
         if budget.epsilon_remaining + 1e-9 < args.epsilon:
             return _fail(
                 "budget",
@@ -268,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     except MatchFailed as exc:
         return _fail(exc.kind, exc.message, args.json)
     finally:
-        chan.close()
-        if hasattr(executor, "close"):
-            executor.close()
+        if hasattr(config.executor, "close"):
+            config.executor.close()
     _report(result, listing, args.json)
     return EXIT_OK
 

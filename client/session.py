@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,9 +21,9 @@ from psi.protocol import ClientSession, Outcome, Progress
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 
-__all__ = ["ClientConfig", "MatchFailed", "channel", "get_budget", "match", "run"]
+from .channel import channel, connection_failure
 
-MAX_RECEIVE_BYTES = 4 << 20
+__all__ = ["ClientConfig", "MatchFailed", "channel", "get_budget", "match", "run"]
 
 
 class MatchFailed(Exception):
@@ -51,15 +50,6 @@ class ClientConfig:
     timeout: float = 3600.0
 
 
-def channel(config: ClientConfig) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
-    if config.insecure:
-        return grpc.insecure_channel(config.server, options=options)
-    ca = Path(config.ca_cert).read_bytes() if config.ca_cert else None
-    cert = Path(config.client_cert).read_bytes() if config.client_cert else None
-    key = Path(config.client_key).read_bytes() if config.client_key else None
-    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.secure_channel(config.server, creds, options=options)
 
 
 def _metadata(config: ClientConfig) -> tuple:
@@ -76,6 +66,7 @@ _BY_REASON = {
     "concurrency": "busy",
     "list_too_small": "input",
     "list_too_large": "input",
+    "epsilon": "epsilon",
 }
 _BY_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: "auth",
@@ -108,9 +99,9 @@ def _failed(exc: grpc.RpcError, session: ClientSession | None = None) -> MatchFa
     kind = _BY_REASON.get(reason) or _BY_STATUS.get(code, "server")
     certain = bool(reason) or code in _DELIBERATE
     if code == grpc.StatusCode.UNAVAILABLE and not reason:
-        detail = f"server unavailable at this address ({detail})"
+        kind, detail = connection_failure(detail)
     prefix = "" if reason else f"{code.name}: "
-    note = _charge_note(session, certain) if session is not None else ""
+    note = _charge_note(session, certain) if session is not None and "charged" not in detail else ""
     return MatchFailed(kind, f"{prefix}{detail}" + (f"; {note}" if note else ""))
 
 

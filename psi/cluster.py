@@ -57,6 +57,7 @@ How this module keeps keys out of names, logs and the dashboard:
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, Self
@@ -70,6 +71,11 @@ _SPEC_FORMS = (
     "'local', 'local:N', 'dask://HOST:PORT', 'dask+tls://HOST:PORT', 'dask-local' or "
     "'dask-local:N' (N a positive integer)"
 )
+
+
+# Seconds one reconnection attempt (or one question to the scheduler) may take in the
+# watcher: short, so that close() is never kept waiting long by a cluster that is down.
+_RECONNECT_TIMEOUT = 5.0
 
 
 def _import_distributed():
@@ -105,7 +111,14 @@ class DaskExecutor:
     it down on ``close()``. ``security`` (a ``distributed.Security``) applies to
     ``tls://`` addresses; when omitted, Dask's configuration supplies it.
     ``retries`` re-runs a task that raised, on any worker; tasks lost with a dead worker
-    are rescheduled by the scheduler in any case.
+    are rescheduled by the scheduler in any case. ``timeout`` (seconds) bounds the wait
+    for the scheduler, at first and again after losing it (Dask's
+    ``distributed.comm.timeouts.connect``, 30 s by default, when None).
+
+    A long-lived caller (the server) calls ``watch``: the executor then checks the
+    cluster in the background, reconnects to a scheduler that went away once it is
+    back, and reports each change of ``available()``. Without ``watch``, a lost
+    scheduler fails the running job and every later one.
     """
 
     def __init__(
@@ -115,7 +128,7 @@ class DaskExecutor:
         n_workers: int | None = None,
         security: Any = None,
         retries: int = 2,
-        timeout: float = 30.0,
+        timeout: float | None = None,
     ) -> None:
         distributed = _import_distributed()
         if address is not None and n_workers is not None:
@@ -134,6 +147,12 @@ class DaskExecutor:
                     "example DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem)"
                 )
         self.retries = retries
+        self._distributed = distributed
+        self._security = security
+        self._up = True  # as of the last check
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._listeners: list[Callable[[bool], None]] = []
         self._cluster = None
         if address is None:
             self._cluster = distributed.LocalCluster(
@@ -151,8 +170,9 @@ class DaskExecutor:
         try:
             # not the default client: other Dask code in this process must not pick up
             # a cluster that receives secret keys
+            waiting = {} if timeout is None else {"timeout": timeout}
             self.client = distributed.Client(
-                address, security=security, timeout=timeout, set_as_default=False
+                address, security=security, set_as_default=False, **waiting
             )
         except BaseException:
             if self._cluster is not None:
@@ -163,11 +183,76 @@ class DaskExecutor:
     @property
     def workers(self) -> int:
         """Worker threads in the cluster now (at least 1: tasks queue until one joins)."""
+        self._check_connected()
         # asked each time: workers join, leave and are restarted while the executor lives
         return max(1, sum(self.client.nthreads().values()))
 
+    def _check_connected(self) -> None:
+        # A client that lost its scheduler first retries for ``timeout`` seconds, then
+        # closes; calls on it would fail with AttributeError from deep inside distributed.
+        if self.client.status != "running":
+            raise ConnectionError(f"the Dask scheduler at {self.address} is not reachable")
+
+    def available(self) -> bool:
+        """Whether tasks can run now: the scheduler is connected and has a worker.
+
+        A lost connection shows at once; workers leaving or joining, and a reconnection,
+        as of ``watch``'s last check.
+        """
+        return self.client.status == "running" and self._up
+
+    def watch(self, on_change: Callable[[bool], None], interval: float = 1.0) -> None:
+        """Call ``on_change(available)`` at each change of ``available()``, from a daemon
+        thread that checks the cluster every ``interval`` seconds until ``close()``
+        (the first call's interval is kept).
+
+        When the scheduler is gone for longer than distributed's own reconnection
+        window (``timeout``), its client closes for good; the watcher then connects a
+        new client as soon as a scheduler answers at the same address again.
+        """
+        self._listeners.append(on_change)
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(interval,), daemon=True, name="dask-watch"
+            )
+            self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        reported = self.available()
+        while not self._closed.wait(interval):
+            self._up = self._check()
+            now = self.available()
+            if now != reported:
+                reported = now
+                for on_change in list(self._listeners):
+                    on_change(now)
+
+    def _check(self) -> bool:
+        if self.client.status in ("closing", "closed"):
+            try:
+                client = self._distributed.Client(
+                    self.address,
+                    security=self._security,
+                    timeout=_RECONNECT_TIMEOUT,
+                    set_as_default=False,
+                )
+            except (OSError, TimeoutError):
+                return False
+            if self._closed.is_set():
+                client.close()
+                return False
+            self.client = client
+        if self.client.status != "running":
+            return False  # distributed is reconnecting on its own
+        try:
+            nthreads = self.client.nthreads(callback_timeout=_RECONNECT_TIMEOUT)
+        except (OSError, TimeoutError, AttributeError):
+            return False
+        return sum(nthreads.values()) > 0
+
     def submit(self, fn: Callable[..., Any], /, *args: Any):
         """Run ``fn(*args)`` on a worker; returns a ``distributed.Future``."""
+        self._check_connected()
         name = getattr(fn, "__name__", type(fn).__name__)
         return self.client.submit(
             _open,
@@ -178,6 +263,9 @@ class DaskExecutor:
         )
 
     def close(self) -> None:
+        self._closed.set()
+        if self._watcher is not None:
+            self._watcher.join()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

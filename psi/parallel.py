@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
 import multiprocessing.forkserver
+import multiprocessing.spawn
 import os
 import threading
 from collections import deque
@@ -58,20 +61,88 @@ class InlineExecutor:
         return future
 
 
+_starting = threading.local()
+_stdlib_preparation_data = multiprocessing.spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """What multiprocessing sends a new child, minus the parent's ``__main__`` for pool
+    workers.
+
+    A child started by ``spawn`` or ``forkserver`` normally runs the parent's main script
+    (or module) again before its first task, so that functions defined there can be
+    unpickled. Pool tasks are functions of this package only, so for its workers that
+    re-run is pure harm: a script without an ``if __name__ == "__main__"`` guard would
+    start its work again in every worker, which multiprocessing stops with a
+    bootstrapping ``RuntimeError`` (and the pool breaks), and ``python - < script``
+    names a main file ``<stdin>`` that does not exist. Other children of the process
+    keep the standard behaviour: the flag is set only while a pool worker starts.
+    """
+    data = _stdlib_preparation_data(name)
+    if getattr(_starting, "worker", False):
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+# multiprocessing has no public way to start a child without the parent's __main__.
+# These are the narrowest hooks it has: every start method asks this function for the
+# child's preparation data, and _WorkerProcess below marks its own starts.
+multiprocessing.spawn.get_preparation_data = _preparation_data
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        _starting.worker = True
+        try:
+            return multiprocessing.context.ForkServerProcess._Popen(process_obj)
+        finally:
+            _starting.worker = False
+
+
+class _WorkerContext(multiprocessing.context.ForkServerContext):
+    Process = _WorkerProcess
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: exit as soon as the process that owns the pool is gone.
+
+    An idle worker otherwise waits for its next task forever after its owner is killed
+    (``kill -9`` leaves no chance to shut the pool down), and the forkserver, which
+    exits with its last child, and the resource tracker, which exits when the last of
+    them closes its pipe, stay with it. The parent's sentinel becomes readable exactly
+    when the parent process ends.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a pool worker
+        return
+
+    def wait() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
+
+
 class ProcessExecutor:
     """A local process pool.
 
     Workers are started with ``forkserver``, never ``fork``: the server process runs gRPC
-    threads, and forking a threaded process can deadlock the child.
+    threads, and forking a threaded process can deadlock the child. They do not run the
+    caller's ``__main__`` again, so a script needs no ``if __name__ == "__main__"``
+    guard, and they exit by themselves when the process that started them dies.
     """
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or cpu_count()
-        context = multiprocessing.get_context("forkserver")
+        context = _WorkerContext()
         # Workers fork from a server that has imported the core once, so each starts in
         # milliseconds instead of importing numpy, gmpy2 and cryptography again.
         context.set_forkserver_preload(["psi.keys", "psi.hash_to_curve"])
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_exit_with_parent
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
         return self._pool.submit(fn, *args)

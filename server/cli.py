@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -245,16 +246,30 @@ def cmd_audit(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .grpc_options import header_tracers
     from .service import ServerConfig, serve_forever
 
+    grpc_trace = os.environ.get("GRPC_TRACE", "")
+    tracers = header_tracers(grpc_trace)
+    if tracers and not args.unsafe_allow_header_tracing:
+        err.print(
+            f"[red]error:[/] GRPC_TRACE={grpc_trace} turns on gRPC tracers that log request headers, "
+            f"advertisers' bearer tokens included ({', '.join(tracers)}); unset it, or add "
+            "--unsafe-allow-header-tracing on a server whose logs nobody else reads"
+        )
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("psi_server")
     if args.unsafe_exact_counts:
-        for _ in range(3):
-            log.warning(
-                "UNSAFE: --unsafe-exact-counts is on. Counts are released EXACTLY, without noise "
-                "or threshold. This leaks individual membership: use only for tests and benchmarks."
-            )
+        log.warning(
+            "UNSAFE: --unsafe-exact-counts is on. Counts are released EXACTLY, without noise "
+            "or threshold. This leaks individual membership: use only for tests and benchmarks."
+        )
+    if tracers:
+        log.warning(
+            "UNSAFE: GRPC_TRACE logs request headers (%s): the log shows every advertiser's "
+            "bearer token", ", ".join(tracers),
+        )
     executor = _executor(args.executor)
     policy = Policy(
         min_list_size=args.min_list_size,
@@ -356,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--insecure", action="store_true", help="plaintext; refused unless listening on loopback")
     sp.add_argument("--unsafe-exact-counts", action="store_true",
                     help="TESTS AND BENCHMARKS ONLY: release exact counts, no noise, no threshold")
+    sp.add_argument("--unsafe-allow-header-tracing", action="store_true",
+                    help="start even though GRPC_TRACE logs request headers, bearer tokens included")
     sp.add_argument("--workers", type=_positive_int, help="processes for X25519 (default: all cores)")
     sp.add_argument("--executor", help=EXECUTOR_HELP)
     sp.add_argument("--identifiers-per-user", type=_positive_int, default=1,

@@ -24,10 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psi.parallel import Executor, get_executor
 from psi.protocol import PROTOCOL_VERSION, Policy, ServerSession, SessionError
+from psi.tls import check_certificates, check_key_pair
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 
 from . import advertisers, budget, store
+from .grpc_options import check_listen, server_options
+from .health import Availability
 from .live import LiveSet
 
 log = logging.getLogger(__name__)
@@ -115,10 +118,13 @@ class _Slots:
 
 
 class MatcherService(pb_grpc.MatcherServicer):
-    def __init__(self, config: ServerConfig, live: LiveSet, executor: Executor) -> None:
+    def __init__(
+        self, config: ServerConfig, live: LiveSet, executor: Executor, availability: Availability
+    ) -> None:
         self.config = config
         self.live = live
         self.executor = executor
+        self.availability = availability
         self.slots = _Slots(config.max_sessions, config.max_sessions_per_advertiser)
 
     def _authenticate(self, context: grpc.ServicerContext) -> advertisers.Advertiser:
@@ -141,6 +147,7 @@ class MatcherService(pb_grpc.MatcherServicer):
         here, so that a message that does not decode ends the session with
         INVALID_ARGUMENT rather than gRPC's generic INTERNAL."""
         try:
+            self.availability.admit()
             adv = self._authenticate(context)
             self.slots.acquire(adv.id)
         except SessionError as err:
@@ -193,6 +200,13 @@ class MatcherService(pb_grpc.MatcherServicer):
         except Exception:
             session.fail()
             if context.is_active():
+                refusal = self.availability.refusal()  # the executor went away mid-session
+                if refusal is not None:
+                    if session.charged:
+                        refusal = SessionError("UNAVAILABLE", "the server's compute cluster became "
+                                               "unreachable; the session was charged", refusal.reason)
+                    log.info("session for %s ended: %s", adv.name, refusal.message)
+                    self._abort(context, refusal)
                 log.exception("session for %s failed", adv.name)
                 charged = "the session was charged" if session.charged else "nothing was charged"
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error; {charged}")
@@ -318,7 +332,10 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         raise ValueError("TLS needs --tls-cert and --tls-key (or --insecure on loopback)")
     key = Path(config.tls_key).read_bytes()
     cert = Path(config.tls_cert).read_bytes()
+    check_key_pair(cert, key, f"--tls-cert {config.tls_cert}", f"--tls-key {config.tls_key}")
     ca = Path(config.client_ca).read_bytes() if config.client_ca else None
+    if ca is not None:
+        check_certificates(ca, f"--client-ca {config.client_ca}")
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -326,14 +343,13 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 class RunningServer:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    availability: Availability
     live: LiveSet
     service: MatcherService
     stop_event: threading.Event
 
     def stop(self, grace: float) -> None:
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.availability.stopping()
         done = self.server.stop(grace)
         log.info("refusing new sessions; running ones have %.0fs to finish", grace)
         done.wait()
@@ -347,30 +363,26 @@ def start_server(config: ServerConfig) -> RunningServer:
     executor = config.executor if config.executor is not None else get_executor(config.workers)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2 * config.max_sessions + 8, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-            ("grpc.max_send_message_length", 4 * MAX_RECEIVE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(),
         maximum_concurrent_rpcs=2 * config.max_sessions + 8,
     )
-    service = MatcherService(config, live, executor)
-    server.add_generic_rpc_handlers(_handlers(service))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    if creds is None:
-        port = server.add_insecure_port(config.listen)
-    else:
-        port = server.add_secure_port(config.listen, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    availability = Availability(health_servicer, (SERVICE_NAME,), config.executor)
+    service = MatcherService(config, live, executor, availability)
+    server.add_generic_rpc_handlers(_handlers(service))
+    check_listen(config.listen)
+    try:
+        if creds is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, creds)
+    except RuntimeError:  # gRPC logged why; check_listen covers the common causes
+        raise OSError(f"cannot listen on {config.listen}") from None
     server.start()
     live.build()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, live, service, threading.Event())
+    availability.ready()
+    return RunningServer(server, port, availability, live, service, threading.Event())
 
 
 def wait_serving(

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from psi_server import store
+from psi_server import advertisers, store
 from psi_server.synthetic import advertiser_list, generate
 
 from .support import SERVER, ServerProcess, make_pki, make_registry, psi_match
@@ -80,6 +80,12 @@ def test_exit_codes(world, exact_server, tmp_path):
     code, _, err = psi_match(exact_server.address, token, tmp_path / "missing.txt")
     assert code == 3
     code, _, err = psi_match(exact_server.address, token, list_path, "--epsilon", "1000")
+    assert code == 2 and "outside this server's bounds [0.01, 1]" in err
+    conn = store.connect(db)
+    poor = tmp_path / "poor.token"
+    poor.write_text(advertisers.add(conn, "poor", 0.05, 30) + "\n")
+    conn.close()
+    code, _, err = psi_match(exact_server.address, poor, list_path, "--epsilon", "0.1")
     assert code == 5 and "budget" in err
     code, out, err = psi_match("127.0.0.1:1", token, list_path)
     assert code == 7 and "unavailable" in err.lower()

@@ -197,6 +197,7 @@ class ServerSession:
                 "OUT_OF_RANGE",
                 f"epsilon {msg.epsilon:g} is outside the server's bounds "
                 f"[{policy.epsilon_min:g}, {policy.epsilon_max:g}]",
+                "epsilon",
             )
         if msg.n_items > policy.max_list_size:
             raise SessionError(
