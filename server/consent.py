@@ -38,9 +38,9 @@ __all__ = [
     "MatchableRows",
     "change_log_position",
     "changed_identifiers",
-    "iter_matchable",
     "matchable_of_users",
     "prune_change_log",
+    "read_matchable",
     "record_consent",
 ]
 
@@ -443,22 +443,24 @@ class MatchableRows:
             as_points(b"".join(r[2] for r in rows)),
         )
 
-    @classmethod
-    def concat(cls, parts: list[MatchableRows]) -> MatchableRows:
-        if not parts:
-            return cls.of([])
-        return cls(
-            np.concatenate([p.ids for p in parts]),
-            np.concatenate([p.types for p in parts]),
-            np.concatenate([p.points for p in parts]),
-        )
 
+def read_matchable(conn: sqlite3.Connection, cap: int, batch: int = 65536) -> MatchableRows:
+    """Every identifier that belongs in a table.
 
-def iter_matchable(conn: sqlite3.Connection, cap: int, batch: int = 65536) -> Iterator[MatchableRows]:
-    """Every identifier that belongs in a table, in batches as read."""
+    Read in batches into arrays sized for every identifier the registry holds: pages the
+    matchable rows do not fill are never touched, so never resident, and nothing is
+    copied to join the batches.
+    """
+    (most,) = conn.execute("SELECT COUNT(*) FROM identifiers").fetchone()
+    out = MatchableRows(np.empty(most, np.int64), np.empty(most, np.uint8), np.empty((most, 32), np.uint8))
+    n = 0
     cur = conn.execute(_table_query("", cap), {"cap": cap})
     while rows := cur.fetchmany(batch):
-        yield MatchableRows.of(rows)
+        part = MatchableRows.of(rows)
+        k = len(part.ids)
+        out.ids[n : n + k], out.types[n : n + k], out.points[n : n + k] = part.ids, part.types, part.points
+        n += k
+    return MatchableRows(out.ids[:n], out.types[:n], out.points[:n])
 
 
 def _in_chunks(conn: sqlite3.Connection, query: str, values: list, extra: dict | None = None):

@@ -7,8 +7,9 @@ change committed to the registry since it last looked (the registry logs, per
 identifier row, each change that can alter whether it belongs in a table), so a
 revocation committed before a session opens is never in that session's table.
 
-Layout. Distinct points live in *slots*: a base array built at start (or at compaction)
-and a small array of slots added since. Each slot counts the identifier rows that
+Layout. Distinct points live in *slots*: a base array built at start (or at compaction),
+the rows read from the registry themselves when no two users share a value, and a small
+array of slots added since. Each slot counts the identifier rows that
 currently contribute it (a value several users share is one table entry); a slot with
 no contributor is not in any table. Slots never change once written, so a session's
 snapshot is just the list of live slots of its types and references to the arrays.
@@ -30,9 +31,9 @@ from .consent import (
     MatchableRows,
     change_log_position,
     changed_identifiers,
-    iter_matchable,
     matchable_of_users,
     prune_change_log,
+    read_matchable,
 )
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,32 @@ class _Index:
                 order[i - 1 : stop] = sorted(run, key=lambda r: points[r].tobytes())
                 for j in range(i, stop):
                     new[j] = not np.array_equal(points[order[j]], points[order[j - 1]])
-        slot_sorted = np.cumsum(new) - 1
-        first = order[new]
-        self.base = np.ascontiguousarray(points[first])
-        self.base_keys = sorted_keys[new]  # ascending: slots are numbered in key order
-        self.types = types[first].copy()
-        row_slot = np.empty(len(order), dtype=np.int64)
-        row_slot[order] = slot_sorted
-        del order, sorted_keys, slot_sorted, first
-        self.refs = np.bincount(row_slot, minlength=len(self.base)).astype(np.int32)
+        if new.all():  # every point distinct, as almost always: the rows are the slots
+            self.base, self.types = points, types
+            self.base_keys, self.key_slots = sorted_keys, order
+            row_slot = None
+        else:
+            # Slots are numbered in the row order of each point's first row, so the base
+            # is one gather of the rows that stay.
+            first = order[new]
+            keep = np.sort(first)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[keep] = np.arange(len(keep))
+            self.key_slots = rank[first]
+            row_slot = np.empty(len(order), dtype=np.int64)
+            row_slot[order] = self.key_slots[np.cumsum(new) - 1]
+            self.base, self.types = np.ascontiguousarray(points[keep]), types[keep]
+            self.base_keys = sorted_keys[new]
+            del first, keep, rank, order, sorted_keys
         by_id = np.argsort(ids, kind="stable")
         self.base_ids = ids[by_id]
-        self.base_id_slots = row_slot[by_id]
+        if row_slot is None:
+            self.refs = np.ones(len(self.base), dtype=np.int32)
+            self.base_id_slots = by_id
+        else:
+            self.refs = np.bincount(row_slot, minlength=len(self.base)).astype(np.int32)
+            self.base_id_slots = row_slot[by_id]
+        del by_id, row_slot
         self.extra = np.empty((0, 32), np.uint8)
         self.extra_slots: dict[bytes, int] = {}  # point -> slot, for slots added since
         self.id_slots: dict[int, int] = {}  # identifier row -> slot (-1: none), since
@@ -136,9 +151,9 @@ class _Index:
         key = _keys(point[None])[0]
         lo = np.searchsorted(self.base_keys, key, side="left")
         hi = np.searchsorted(self.base_keys, key, side="right")
-        for slot in range(lo, hi):
+        for slot in self.key_slots[lo:hi]:
             if np.array_equal(self.base[slot], point):
-                return slot
+                return int(slot)
         return self.extra_slots.get(point.tobytes(), -1)
 
     def apply(self, affected: np.ndarray, now: MatchableRows) -> tuple[int, int]:
@@ -215,7 +230,7 @@ class LiveSet:
         try:
             conn.execute("BEGIN")  # one read snapshot for the log position and the rows
             seq, _ = change_log_position(conn)
-            rows = MatchableRows.concat(list(iter_matchable(conn, self.identifiers_per_user)))
+            rows = read_matchable(conn, self.identifiers_per_user)
             conn.execute("COMMIT")
         finally:
             conn.close()
