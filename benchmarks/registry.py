@@ -24,8 +24,9 @@ from psi import Key, hash_to_curve
 from psi.parallel import get_executor
 from psi.protocol import Policy, ServerSession
 from psi_proto.v2 import matcher_pb2 as pb
-from psi_server import consent, store
+from psi_server import store
 from psi_server.live import LiveSet
+from psi_server.registry import imports
 from psi_server.synthetic import write_csv
 
 from .pool import warm_up
@@ -70,7 +71,7 @@ def _import(rows: int, db: Path) -> dict:
         conn = store.connect(db)
         start = time.perf_counter()
         with csv_path.open("rb") as f:
-            report = consent.import_file(conn, f, "csv", "bench")
+            report = imports.import_file(conn, f, "csv", "bench")
         seconds = time.perf_counter() - start
         reading = _reading_cpu(conn, csv_path, max(rows // 10, 1))
         conn.close()
@@ -90,7 +91,7 @@ def _reading_cpu(conn, csv_path: Path, rows: int) -> float:
     with csv_path.open("rb") as f:
         head = [line for _, line in zip(range(rows + 1), f)]
     start = time.process_time()
-    report = consent.import_file(conn, head, "csv", "bench", workers=1)
+    report = imports.import_file(conn, head, "csv", "bench", workers=1)
     cpu = time.process_time() - start - report.apply_seconds
     assert report.points_hashed == 0 and report.imported_rows == rows
     return cpu / rows
