@@ -461,7 +461,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--config", help="TOML configuration file (default: $PSI_SERVER_CONFIG)")
-    p.add_argument("--log-level", choices=options.LOG_LEVELS, default=DEFAULTS["log_level"])
+    p.add_argument("--log-level", choices=options.LOG_LEVELS, default=DEFAULTS["log_level"],
+                   help="the least severe messages logged")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(parent, name: str, text: str) -> argparse.ArgumentParser:
