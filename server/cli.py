@@ -206,8 +206,8 @@ def cmd_user_erase(args) -> int:
               "their history is kept under tombstone ids")
     if not result.checkpointed:
         err.print("[red]error:[/] the erasure is committed, but a reader kept the write-ahead log from "
-                  "being emptied, so deleted pages may remain in it; run the command again once "
-                  "servers are idle")
+                  "being emptied, so deleted pages may remain in it; run the same command again once "
+                  "servers are idle (it will find the users gone, and empty the log)")
         return EXIT_FAILED
     if result.unknown:
         err.print(f"[yellow]{len(result.unknown)} user id(s) not in the registry[/]")

@@ -106,10 +106,10 @@ class Model:
             for (u, v, p), (_, remove) in latest.items():
                 if remove and u in self.users and v in self.users[u].identifiers:
                     self.users[u].identifiers[v].purposes.pop(p, None)
-            for (u, v, p), (_, remove) in latest.items():
-                if remove and u in self.users and v in self.users[u].identifiers:
-                    if not self.users[u].identifiers[v].purposes:
-                        del self.users[u].identifiers[v]
+            for (u, v, _), (_, remove) in latest.items():
+                ident = self.users[u].identifiers.get(v) if remove and u in self.users else None
+                if ident is not None and not ident.purposes:
+                    del self.users[u].identifiers[v]
             events = {(r.user, r.consent, r.t) for r in valid
                       if r.user in self.users and (r.consent, r.t) not in self.users[r.user].events}
             for u, state, t in sorted(events, key=lambda e: (e[2], e[1])):

@@ -446,3 +446,22 @@ def test_erasure_leaves_nothing_of_the_user_in_the_file(tmp_path):
 def wal_bytes(path) -> bytes:
     wal = Path(f"{path}-wal")
     return wal.read_bytes() if wal.exists() else b""
+
+
+def test_an_erasure_says_when_a_reader_keeps_deleted_pages_in_the_log(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    import_rows(conn, [(f"user-{i}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
+                       for i in range(50)])
+    reader = store.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM identifiers").fetchone()  # holds a snapshot from before
+    conn.execute("PRAGMA busy_timeout = 200")
+    result = changes.erase_users(conn, ["user-3"])
+    assert (result.erased, result.identifiers, result.checkpointed) == (1, 1, False)
+    assert value_hash(3) in Path(path).read_bytes() + wal_bytes(path)
+    reader.execute("COMMIT")
+    reader.close()
+    assert store.checkpoint(conn)
+    assert value_hash(3) not in Path(path).read_bytes() + wal_bytes(path)
+    conn.close()
