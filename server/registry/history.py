@@ -115,9 +115,10 @@ WITH holdings AS (
 ), steps AS (
     SELECT h.identifier_id, i.user_id, i.id_type,
            MAX(h.first, g.first) AS first, MIN(h.stop, g.stop) AS stop
+      -- In this order (CROSS JOIN fixes it), so that granted is looked up by user.
       FROM holdings AS h
-      JOIN identifier_history AS i ON i.identifier_id = h.identifier_id
-      JOIN granted AS g ON g.user_id = i.user_id
+     CROSS JOIN identifier_history AS i ON i.identifier_id = h.identifier_id
+     CROSS JOIN granted AS g ON g.user_id = i.user_id
      WHERE 1 {typed}
 ), timed AS (
     SELECT s.identifier_id, s.user_id, s.id_type,
