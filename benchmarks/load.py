@@ -22,7 +22,8 @@ import numpy as np
 
 from psi import encode_identifier
 from psi_client.session import ClientConfig, MatchFailed, match
-from psi_server import advertisers, consent, store
+from psi_server import advertisers, store
+from psi_server.registry import imports
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
 from .endtoend import SERVER, _free_port, _wait_serving
@@ -92,7 +93,7 @@ def run_load(
         conn = store.connect(db)
         write_csv(syn.rows, root / "users.csv")
         with (root / "users.csv").open("rb") as f:
-            consent.import_file(conn, f, "csv", "load", workers=workers)
+            imports.import_file(conn, f, "csv", "load", workers=workers)
         tokens = [advertisers.add(conn, f"adv{i}", 1000, 30) for i in range(advertiser_count)]
         # large sessions come from advertisers of their own, so they are never refused
         # for the per-advertiser limit and always measure a full session under load

@@ -25,8 +25,10 @@ from psi import Key, hash_to_curve
 from psi.parallel import get_executor
 from psi.protocol import Policy, ServerSession
 from psi_proto.v2 import matcher_pb2 as pb
-from psi_server import consent, store
+from psi_server import store
 from psi_server.live import LiveSet
+from psi_server.registry import history, imports
+from psi_server.registry.times import now_utc
 from psi_server.synthetic import write_csv
 
 from .pool import warm_up
@@ -71,15 +73,26 @@ def _import(rows: int, db: Path) -> dict:
         conn = store.connect(db)
         start = time.perf_counter()
         with csv_path.open("rb") as f:
-            report = consent.import_file(conn, f, "csv", "bench")
+            report = imports.import_file(conn, f, "csv", "bench")
         seconds = time.perf_counter() - start
         reading = _reading_cpu(conn, csv_path, max(rows // 10, 1))
+        report_s = _impact_seconds(conn, rows)
         conn.close()
         hash_all, hash_one = map(max, zip(before, hash_rates()))
     assert report.imported_rows == rows and not report.invalid_rows
     return {"rows": rows, "workers": workers, "import_s": seconds, "import_rows_per_s": rows / seconds,
             "store_s": report.apply_seconds, "reading_cpu_s_per_row": reading,
-            "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one, "peak_kib": _peak_kib()}
+            "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one,
+            "impact_report_s": report_s, "peak_kib": _peak_kib()}
+
+
+def _impact_seconds(conn, rows: int) -> float:
+    """``report impact`` over the whole history: every identifier, from its import on."""
+    start = time.perf_counter()
+    report = history.impact(conn, "2026-01-01T00:00:00.000000Z", now_utc())
+    seconds = time.perf_counter() - start
+    assert report.identifiers == rows
+    return seconds
 
 
 def _reading_cpu(conn, csv_path: Path, rows: int) -> float:
@@ -91,7 +104,7 @@ def _reading_cpu(conn, csv_path: Path, rows: int) -> float:
     with csv_path.open("rb") as f:
         head = [line for _, line in zip(range(rows + 1), f)]
     start = time.process_time()
-    report = consent.import_file(conn, head, "csv", "bench", workers=1)
+    report = imports.import_file(conn, head, "csv", "bench", workers=1)
     cpu = time.process_time() - start - report.apply_seconds
     assert report.points_hashed == 0 and report.imported_rows == rows
     return cpu / rows

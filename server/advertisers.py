@@ -2,7 +2,9 @@
 
 A token is ``psi1.<advertiser id>.<secret>``. Only SHA-256 of the secret is stored (the
 secret is 256 random bits, so a slow password hash would add nothing), and it is compared
-in constant time. Every failure reads the same to the caller.
+in constant time. Every failure reads the same to the caller. A rotation may let the
+previous token work for an overlap period, so that the advertiser can switch without
+an outage.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from psi.noise import EPSILON_RESOLUTION, epsilon_fraction
 
+from .registry.times import now_utc, utc_text
 from .store import transaction
 
-__all__ = ["Advertiser", "AuthError", "add", "authenticate", "by_name", "revoke_token", "rotate_token"]
+__all__ = [
+    "Advertiser", "AdvertiserEntry", "AuthError", "add", "authenticate", "by_name", "entries",
+    "revoke_token", "rotate_token",
+]
 
 _PREFIX = "psi1"
 
@@ -39,6 +46,17 @@ class Advertiser:
     @property
     def budget(self) -> float:
         return self.budget_micro / EPSILON_RESOLUTION
+
+
+@dataclass(frozen=True)
+class AdvertiserEntry:
+    advertiser: Advertiser
+    created_at: str
+    revoked_at: str | None
+    previous_token_until: str | None  # the previous token works until then (future only)
+
+
+_NO_TOKEN = b"\x00" * 32  # no secret hashes to this
 
 
 def _digest(secret: str) -> bytes:
@@ -88,26 +106,42 @@ def authenticate(conn: sqlite3.Connection, token: str | None) -> Advertiser:
     if prefix != _PREFIX or not ident.isdigit() or len(ident) > 18:
         raise AuthError()
     row = conn.execute(
-        "SELECT id, name, budget_micro, period_days, token_hash FROM advertisers "
-        "WHERE id = ? AND revoked_at IS NULL",
-        (int(ident),),
+        "SELECT id, name, budget_micro, period_days, token_hash, "
+        "CASE WHEN previous_token_until > ? THEN previous_token_hash END "
+        "FROM advertisers WHERE id = ? AND revoked_at IS NULL",
+        (now_utc(), int(ident)),
     ).fetchone()
-    # Compare even when the advertiser is unknown, so both paths cost the same.
-    stored = row[4] if row else b"\x00" * 32
+    # Compare with both tokens, even when the advertiser is unknown or has no previous
+    # token, so that every path costs the same.
+    current = row[4] if row else _NO_TOKEN
+    previous = row[5] if row and row[5] else _NO_TOKEN
     try:
         digest = _digest(secret)
     except UnicodeEncodeError:
         raise AuthError() from None
-    if not hmac.compare_digest(digest, stored) or row is None:
+    matches = hmac.compare_digest(digest, current) | hmac.compare_digest(digest, previous)
+    if not matches or row is None:
         raise AuthError()
     return Advertiser(*row[:4])
 
 
+def entries(conn: sqlite3.Connection) -> list[AdvertiserEntry]:
+    """Every advertiser, by name."""
+    rows = conn.execute(
+        "SELECT id, name, budget_micro, period_days, created_at, revoked_at, "
+        "CASE WHEN previous_token_until > ? AND revoked_at IS NULL THEN previous_token_until END "
+        "FROM advertisers ORDER BY name",
+        (now_utc(),),
+    )
+    return [AdvertiserEntry(Advertiser(*r[:4]), r[4], r[5], r[6]) for r in rows]
+
+
 def revoke_token(conn: sqlite3.Connection, name: str) -> None:
-    """Refuse the advertiser's token from now on (budget and audit history are kept)."""
+    """Refuse the advertiser's tokens from now on (budget and audit history are kept)."""
     with transaction(conn):
         cur = conn.execute(
-            "UPDATE advertisers SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "UPDATE advertisers SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
+            "previous_token_hash = NULL, previous_token_until = NULL "
             "WHERE name = ? AND revoked_at IS NULL",
             (name,),
         )
@@ -115,12 +149,21 @@ def revoke_token(conn: sqlite3.Connection, name: str) -> None:
             raise KeyError(f"no active advertiser named {name!r}")
 
 
-def rotate_token(conn: sqlite3.Connection, name: str) -> str:
-    """Issue a new token for an advertiser; the old one stops working at once."""
+def rotate_token(conn: sqlite3.Connection, name: str, overlap: timedelta = timedelta(0)) -> str:
+    """Issue a new token for an advertiser (reactivating a revoked one). The current
+    token keeps working for ``overlap``, if the advertiser is active; else it stops at
+    once, as does any earlier token still in its overlap."""
+    if overlap < timedelta(0):
+        raise ValueError("the overlap cannot be negative")
     with transaction(conn):
         adv = by_name(conn, name)
         token, digest = _new_token(adv.id)
+        until = utc_text(datetime.now(timezone.utc) + overlap) if overlap else None
         conn.execute(
-            "UPDATE advertisers SET token_hash = ?, revoked_at = NULL WHERE id = ?", (digest, adv.id)
+            "UPDATE advertisers SET "
+            "previous_token_hash = CASE WHEN :until IS NOT NULL AND revoked_at IS NULL THEN token_hash END, "
+            "previous_token_until = CASE WHEN revoked_at IS NULL THEN :until END, "
+            "token_hash = :digest, revoked_at = NULL WHERE id = :id",
+            {"until": until, "digest": digest, "id": adv.id},
         )
     return token

@@ -28,6 +28,7 @@ __all__ = [
     "charge",
     "record_release",
     "reset",
+    "sessions_by_advertiser",
     "status",
 ]
 
@@ -90,10 +91,16 @@ def _utc(now: float) -> str:
 
 
 def charge(
-    conn: sqlite3.Connection, adv: Advertiser, record: SessionRecord, now: float | None = None
+    conn: sqlite3.Connection,
+    adv: Advertiser,
+    record: SessionRecord,
+    now: float | None = None,
+    started: float | None = None,
 ) -> BudgetStatus:
     """Charge a session's epsilon and record the session, atomically; or raise
-    ``BudgetExhausted`` having written nothing."""
+    ``BudgetExhausted`` having written nothing. ``started`` is when the session began,
+    before its table was read (the impact report needs to know when that can have
+    happened)."""
     now = time.time() if now is None else now
     with transaction(conn):
         spent = _spent(conn, adv, now)
@@ -106,8 +113,8 @@ def charge(
         )
         conn.execute(
             "INSERT INTO sessions (session_id, advertiser_id, opened_at, id_types, n_groups, "
-            "n_items, table_size, epsilon_micro, sensitivity, threshold, noise) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "n_items, table_size, epsilon_micro, sensitivity, threshold, noise, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.session_id,
                 adv.id,
@@ -120,6 +127,7 @@ def charge(
                 record.sensitivity,
                 record.threshold,
                 int(record.noise),
+                None if started is None else _utc(started),
             ),
         )
     return BudgetStatus(adv.budget_micro, spent + record.epsilon_micro, adv.period_days)
@@ -145,6 +153,8 @@ class RegistryLedger:
     def __init__(self, db_path: str, advertiser: Advertiser) -> None:
         self.db_path = db_path
         self.advertiser = advertiser
+        # Made before the session reads its table, so the table was read after this.
+        self.started = time.time()
 
     def _write(self, step, *args):
         conn = connect(self.db_path)
@@ -160,7 +170,7 @@ class RegistryLedger:
             conn.close()
 
     def open(self, record: SessionRecord) -> float:
-        return self._write(charge, self.advertiser, record).remaining
+        return self._write(charge, self.advertiser, record, None, self.started).remaining
 
     def release(self, session_id: str, release: Release) -> None:
         self._write(record_release, session_id, release)
@@ -222,3 +232,9 @@ def audit_entries(
         )
         for r in conn.execute(query, params)
     ]
+
+
+def sessions_by_advertiser(conn: sqlite3.Connection) -> dict[int, tuple[int, str | None]]:
+    """Per advertiser id: sessions charged, and when the latest opened."""
+    rows = conn.execute("SELECT advertiser_id, COUNT(*), MAX(opened_at) FROM sessions GROUP BY 1")
+    return {adv: (n, last) for adv, n, last in rows}

@@ -27,7 +27,7 @@ import numpy as np
 from psi.identifiers import ID_TYPES
 
 from . import store
-from .consent import (
+from .registry.tables import (
     MatchableRows,
     change_log_position,
     changed_identifiers,

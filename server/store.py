@@ -1,8 +1,9 @@
 """The registry database: one SQLite file in WAL mode, schema versioned by migrations.
 
-Append-only tables (consent events, budget ledger, sessions, releases) are enforced by
-triggers, so even a bug elsewhere cannot rewrite history. No table holds an exact match
-count.
+Append-only tables (consent events and the history of changes, budget ledger, sessions,
+releases) are enforced by triggers, so even a bug elsewhere cannot rewrite history; the
+one exception is an erasure, which replaces a user's id in history with a tombstone. No
+table holds an exact match count.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["RegistryError", "SCHEMA_VERSION", "connect", "init", "integrity_ok", "transaction"]
+__all__ = [
+    "RegistryError", "SCHEMA_VERSION", "checkpoint", "connect", "init", "integrity_ok", "transaction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,18 @@ class RegistryError(Exception):
 def _append_only(table: str) -> str:
     return f"""
 CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+"""
+
+
+def _erasable(table: str, kept: tuple[str, ...]) -> str:
+    """Append-only, except that an erasure replaces the user id with its tombstone."""
+    changed = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in kept)
+    return f"""
+CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+WHEN {changed} OR NEW.user_id NOT IN (SELECT tombstone FROM erasures)
 BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
 CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
 BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
@@ -264,6 +279,220 @@ DROP TABLE audit_log;
 """
     + _append_only("sessions")
     + _append_only("releases"),
+    # 4: history, withdrawal and erasure. Every change of purposes and consent is kept
+    # with its source (change_sources), so the registry can say who was matchable when.
+    # Consent events no longer need to be unique: an explicit revocation is recorded even
+    # when one with the same time exists. The precedence rule changes (see the
+    # consent_events_apply trigger) and is replayed over the existing events, so a user
+    # kept matchable by a grant dated in the future is revoked by the upgrade.
+    """
+-- Where each change came from. A transaction's row is written last, when its time is
+-- taken, so the references to it are checked at commit (DEFERRABLE INITIALLY DEFERRED).
+CREATE TABLE change_sources (
+    id INTEGER PRIMARY KEY,
+    -- 'earlier': a batch of consent events recorded before version 4, named as it was;
+    -- 'upgrade': what the upgrade to version 4 changed.
+    kind TEXT NOT NULL CHECK (kind IN ('import', 'cli', 'erase', 'earlier', 'upgrade')),
+    name TEXT NOT NULL,
+    digest BLOB CHECK (digest IS NULL OR length(digest) = 32),
+    applied_at TEXT NOT NULL,      -- in the source's transaction: no later than its commit
+    committed_at TEXT              -- just after the commit: no earlier (NULL if unrecorded)
+);
+CREATE TRIGGER change_sources_no_update BEFORE UPDATE ON change_sources
+WHEN OLD.committed_at IS NOT NULL OR NEW.committed_at IS NULL
+  OR NEW.id IS NOT OLD.id OR NEW.kind IS NOT OLD.kind OR NEW.name IS NOT OLD.name
+  OR NEW.digest IS NOT OLD.digest OR NEW.applied_at IS NOT OLD.applied_at
+BEGIN SELECT RAISE(ABORT, 'change_sources is append-only'); END;
+CREATE TRIGGER change_sources_no_delete BEFORE DELETE ON change_sources
+BEGIN SELECT RAISE(ABORT, 'change_sources is append-only'); END;
+
+-- The source of the transaction being written: set at its start and cleared before it
+-- commits, so the triggers below can stamp changes with it (and a change made without
+-- one fails on the history's NOT NULL source_id).
+CREATE TABLE writing_source (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    source_id INTEGER
+);
+INSERT INTO writing_source (id, source_id) VALUES (1, NULL);
+
+-- Erased users: their history stays under a random tombstone id, nothing else of them.
+CREATE TABLE erasures (
+    tombstone TEXT PRIMARY KEY,
+    source_id INTEGER NOT NULL REFERENCES change_sources (id) DEFERRABLE INITIALLY DEFERRED
+) WITHOUT ROWID;
+
+-- Each batch of earlier consent events (one import or command) becomes a source.
+INSERT INTO change_sources (kind, name, applied_at, committed_at)
+SELECT 'earlier', source, at, at FROM (
+    SELECT source, substr(recorded_at, 1, 23) || '000Z' AS at, MIN(id) AS first
+      FROM consent_events GROUP BY source, recorded_at
+) ORDER BY first;
+-- (Only a registry that holds users has anything the upgrade could change.)
+INSERT INTO change_sources (kind, name, applied_at, committed_at)
+SELECT 'upgrade', 'schema version 4', at, at
+  FROM (SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z' AS at)
+ WHERE EXISTS (SELECT 1 FROM users);
+
+CREATE TABLE consent_events_v4 (
+    id INTEGER PRIMARY KEY,
+    -- Not a foreign key: history outlives the user (an erased user's becomes a tombstone).
+    user_id TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope = 'ads_matching'),
+    state TEXT NOT NULL CHECK (state IN ('granted', 'revoked')),
+    effective_at TEXT NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES change_sources (id) DEFERRABLE INITIALLY DEFERRED
+);
+INSERT INTO consent_events_v4 (id, user_id, scope, state, effective_at, source_id)
+SELECT e.id, e.user_id, e.scope, e.state, e.effective_at, s.id
+  FROM consent_events AS e
+  JOIN change_sources AS s
+    ON s.kind = 'earlier' AND s.name = e.source
+   AND s.applied_at = substr(e.recorded_at, 1, 23) || '000Z';
+DROP TABLE consent_events;
+ALTER TABLE consent_events_v4 RENAME TO consent_events;
+CREATE INDEX consent_events_by_user ON consent_events (user_id, state, effective_at);
+
+-- A user's ads_matching state each time it changed.
+CREATE TABLE consent_changes (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('granted', 'revoked')),
+    source_id INTEGER NOT NULL REFERENCES change_sources (id) DEFERRABLE INITIALLY DEFERRED
+);
+-- The earlier rule, replayed batch by batch: the event with the latest effective time
+-- won, a revocation winning a tie.
+INSERT INTO consent_changes (user_id, state, source_id)
+SELECT user_id, state, source_id FROM (
+    SELECT user_id, source_id, state,
+           LAG(state) OVER (PARTITION BY user_id ORDER BY source_id) AS before
+      FROM (
+        SELECT user_id, source_id,
+               CASE substr(MAX(best) OVER (PARTITION BY user_id ORDER BY source_id
+                                           ROWS UNBOUNDED PRECEDING), -1)
+                    WHEN '1' THEN 'revoked' ELSE 'granted' END AS state
+          FROM (SELECT user_id, source_id, MAX(effective_at || (state = 'revoked')) AS best
+                  FROM consent_events GROUP BY user_id, source_id)
+      )
+) WHERE before IS NULL OR before <> state
+ORDER BY source_id, user_id;
+
+-- The rule from now on, replayed over every event (see consent_events_apply). A time
+-- in the future counts as the upgrade's, so that it cannot outrank later grants.
+CREATE TEMP TABLE consent_v4 AS
+SELECT user_id, state, MIN(latest, (SELECT applied_at FROM change_sources WHERE kind = 'upgrade')) AS latest
+  FROM (
+    SELECT user_id, state, MAX(effective_at) OVER (PARTITION BY user_id) AS latest,
+           ROW_NUMBER() OVER (PARTITION BY user_id
+                              ORDER BY source_id DESC, effective_at DESC, state DESC) AS last
+      FROM (
+        SELECT user_id, source_id, state, effective_at,
+               MAX(effective_at) OVER (PARTITION BY user_id ORDER BY source_id, effective_at, state
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+          FROM consent_events
+      )
+     WHERE state = 'revoked' OR before IS NULL OR effective_at > before
+  )
+ WHERE last = 1;
+CREATE TEMP TABLE consent_flipped AS
+SELECT u.user_id, c.state FROM users AS u JOIN temp.consent_v4 AS c ON c.user_id = u.user_id
+ WHERE u.ads_matching IS NOT c.state;
+UPDATE users SET ads_matching = c.state, consent_effective_at = c.latest
+  FROM temp.consent_v4 AS c
+ WHERE c.user_id = users.user_id
+   AND (users.ads_matching IS NOT c.state OR users.consent_effective_at IS NOT c.latest);
+INSERT INTO consent_changes (user_id, state, source_id)
+SELECT user_id, state, (SELECT id FROM change_sources WHERE kind = 'upgrade')
+  FROM temp.consent_flipped ORDER BY user_id;
+INSERT INTO identifier_changes (identifier_id)
+SELECT i.id FROM identifiers AS i JOIN temp.consent_flipped AS f ON f.user_id = i.user_id;
+DROP TABLE temp.consent_v4;
+DROP TABLE temp.consent_flipped;
+
+-- Every identifier row ever created, by id: whose it was and its type, never its value,
+-- so that history can count people after an identifier is gone. Identifier ids are
+-- never reused (imports number them past this table), so an id names one identifier.
+CREATE TABLE identifier_history (
+    identifier_id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    id_type TEXT NOT NULL
+);
+INSERT INTO identifier_history (identifier_id, user_id, id_type)
+SELECT id, user_id, id_type FROM identifiers;
+CREATE TRIGGER identifiers_recorded AFTER INSERT ON identifiers
+BEGIN
+    INSERT INTO identifier_history (identifier_id, user_id, id_type)
+    VALUES (NEW.id, NEW.user_id, NEW.id_type);
+END;
+
+-- Each purpose an identifier gained (held = 1) or lost (held = 0).
+CREATE TABLE purpose_changes (
+    id INTEGER PRIMARY KEY,
+    identifier_id INTEGER NOT NULL REFERENCES identifier_history (identifier_id),
+    purpose TEXT NOT NULL,
+    held INTEGER NOT NULL CHECK (held IN (0, 1)),
+    source_id INTEGER NOT NULL REFERENCES change_sources (id) DEFERRABLE INITIALLY DEFERRED
+);
+-- Purposes held before version 4 have no recorded origin: each is dated from the batch
+-- that first recorded its user, the earliest it can have been added.
+INSERT INTO purpose_changes (identifier_id, purpose, held, source_id)
+SELECT p.identifier_id, p.purpose, 1,
+       COALESCE((SELECT MIN(e.source_id) FROM consent_events AS e WHERE e.user_id = i.user_id),
+                (SELECT id FROM change_sources WHERE kind = 'upgrade'))
+  FROM identifier_purposes AS p JOIN identifiers AS i ON i.id = p.identifier_id
+ ORDER BY p.identifier_id, p.purpose;
+
+-- The history's source_id is NOT NULL: a change made outside a sourced transaction fails.
+CREATE TRIGGER purpose_added AFTER INSERT ON identifier_purposes
+BEGIN
+    INSERT INTO purpose_changes (identifier_id, purpose, held, source_id)
+    VALUES (NEW.identifier_id, NEW.purpose, 1, (SELECT source_id FROM writing_source));
+END;
+CREATE TRIGGER purpose_withdrawn AFTER DELETE ON identifier_purposes
+BEGIN
+    INSERT INTO purpose_changes (identifier_id, purpose, held, source_id)
+    VALUES (OLD.identifier_id, OLD.purpose, 0, (SELECT source_id FROM writing_source));
+END;
+
+CREATE TRIGGER users_consent_changed AFTER UPDATE OF ads_matching ON users
+WHEN NEW.ads_matching IS NOT OLD.ads_matching
+BEGIN
+    INSERT INTO consent_changes (user_id, state, source_id)
+    VALUES (NEW.user_id, NEW.ads_matching, (SELECT source_id FROM writing_source));
+END;
+
+-- THE precedence rule. A revocation always takes effect, whatever the dates of the
+-- grants recorded before it. A grant takes effect only when dated after every event
+-- recorded for the user so far (consent_effective_at keeps the latest date seen), so an
+-- old grant replayed by a later import cannot undo a revocation. Within one transaction
+-- the writers insert a user's events in date order, a revocation after a grant of the
+-- same time, so a file is read as the history it describes: its latest row wins.
+CREATE TRIGGER consent_events_apply AFTER INSERT ON consent_events
+BEGIN
+    UPDATE users
+       SET ads_matching = NEW.state,
+           consent_effective_at = MAX(COALESCE(consent_effective_at, ''), NEW.effective_at)
+     WHERE user_id = NEW.user_id
+       AND (NEW.state = 'revoked' OR consent_effective_at IS NULL
+            OR NEW.effective_at > consent_effective_at);
+END;
+CREATE TRIGGER consent_events_changed AFTER INSERT ON consent_events
+BEGIN
+    INSERT INTO identifier_changes (identifier_id)
+    SELECT id FROM identifiers WHERE user_id = NEW.user_id;
+END;
+
+ALTER TABLE advertisers ADD COLUMN previous_token_hash BLOB
+    CHECK (previous_token_hash IS NULL OR length(previous_token_hash) = 32);
+-- The previous token keeps working until then (an overlap for rotation), if set.
+ALTER TABLE advertisers ADD COLUMN previous_token_until TEXT;
+-- When the session's stream began: its table was read between this and opened_at.
+ALTER TABLE sessions ADD COLUMN started_at TEXT;
+"""
+    + _append_only("erasures")
+    + _append_only("purpose_changes")
+    + _erasable("consent_events", ("id", "scope", "state", "effective_at", "source_id"))
+    + _erasable("consent_changes", ("id", "state", "source_id"))
+    + _erasable("identifier_history", ("identifier_id", "id_type")),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -279,6 +508,9 @@ def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Deleted rows are overwritten with zeros, so a withdrawn or erased identifier's
+    # value hash and point do not linger in free space (see also ``checkpoint``).
+    conn.execute("PRAGMA main.secure_delete=ON")
     if not create:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
@@ -350,6 +582,14 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the write-ahead log into the main file and truncate it to nothing, so that
+    pages holding deleted content are gone from both files. Waits for readers up to the
+    busy timeout; False if some still held an older snapshot."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0
 
 
 def integrity_ok(conn: sqlite3.Connection) -> bool:

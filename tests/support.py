@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from psi.protocol import SessionError
-from psi_server import advertisers, consent, store
+from psi_server import advertisers, store
+from psi_server.registry import imports
 from psi_server.service import wait_serving
 from psi_server.synthetic import write_csv
 
@@ -58,7 +59,7 @@ def make_registry(tmp: Path, rows, budget: float = 100.0, name="acme") -> tuple[
     csv_path = tmp / "users.csv"
     write_csv(rows, csv_path)
     with csv_path.open("rb") as f:
-        consent.import_file(conn, f, "csv", "test", workers=1)
+        imports.import_file(conn, f, "csv", "test", workers=1)
     token = advertisers.add(conn, name, budget, 30)
     conn.close()
     token_file = tmp / f"{name}.token"

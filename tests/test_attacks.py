@@ -22,7 +22,8 @@ from psi import Key, encode_identifier
 from psi.parallel import InlineExecutor
 from psi.protocol import Policy, ServerSession, inprocess
 from psi_client.session import ClientConfig, run
-from psi_server import consent, store
+from psi_server import store
+from psi_server.registry.changes import record_consent
 from psi_server.live import LiveSet
 
 from .attacks import AmplifyingClient, last_positions, new_entries_last, random_positions
@@ -68,7 +69,7 @@ def within(correct: int, sessions: int) -> bool:
 def consent_to(db: str, user: str, state: str) -> None:
     conn = store.connect(db)
     try:
-        consent.record_consent(conn, [user], state)
+        record_consent(conn, [user], state)
     finally:
         conn.close()
 

@@ -41,7 +41,9 @@ from psi.protocol import MAX_GROUP_SIZE, Policy
 from psi_client.input import InputError, read_customers
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
-from psi_server import consent, store
+from psi_server import store
+from psi_server.registry import imports, times
+from psi_server.registry.rows import COLUMNS, MAX_FIELD, PURPOSES, STATES, ImportFileError
 from psi_server.service import ServerConfig, start_server
 from psi_server.synthetic import generate
 
@@ -513,7 +515,8 @@ VALID_PHONES = ["+1 650 253 0000", "(650) 253-0001", "+44 20 7946 0958", "+33 1 
 SURROGATES = ["\ud800", "\udfff", "\ud83d"]
 ZONES = st.one_of(st.just(timezone.utc),
                   st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m))))
-INSTANTS = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1),
+# Valid update times are in the past: a time in the future is refused (see BAD_TIMES).
+INSTANTS = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2026, 1, 1),
                         timezones=st.just(timezone.utc))
 PAD = st.sampled_from(["", "", " ", "\t", "\n", "\r\n", "\u00a0", "\u3000"])
 
@@ -556,8 +559,8 @@ def records(draw, i: int) -> Row:
         id_type, value = "email", f"{MARK}{i}.{draw(st.integers(0, 9))}@example.com"
     else:
         id_type, value = "phone", draw(st.sampled_from(VALID_PHONES))
-    return Row(f"ok-{i}", id_type, value, draw(st.sampled_from(consent.PURPOSES)),
-               draw(st.sampled_from(consent.STATES)), draw(INSTANTS))
+    return Row(f"ok-{i}", id_type, value, draw(st.sampled_from(PURPOSES)),
+               draw(st.sampled_from(STATES)), draw(INSTANTS))
 
 
 @st.composite
@@ -581,14 +584,14 @@ def not_in(allowed):
 
 BAD_TIMES = ["", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-01-01T00:00:00",
              "2026-01-01T25:00:00+00:00", "1700000000", "0001-01-01T00:00:00+01:00",
-             "9999-12-31T23:59:59-01:00", "2026-01-01T00:00:00.\u0661Z"]
+             "9999-12-31T23:59:59-01:00", "2026-01-01T00:00:00.\u0661Z", "2999-01-01T00:00:00Z"]
 
 
 @st.composite
 def corrupted(draw, fmt: str, i: int, fields: list[str]) -> tuple[list[str], str]:
     """``fields`` with one rule broken for certain, and the column that breaks it."""
     fields = list(fields)
-    column = draw(st.sampled_from(consent.COLUMNS))
+    column = draw(st.sampled_from(COLUMNS))
     if column == "user_id":
         fields[0] = draw(st.sampled_from(
             ["", "   ", "u" * 129, f"bad\x07{i}", f"\ufeffbad{i}", f"bad\x00{i}"]))
@@ -598,14 +601,14 @@ def corrupted(draw, fmt: str, i: int, fields: list[str]) -> tuple[list[str], str
         broken = st.sampled_from([
             f"{MARK}{i}", f"{MARK}{i}@", f"@{MARK}{i}.com", f"{MARK}{i}@localhost", f"{MARK} {i}@x.com",
             f"{MARK}{i}@x..com", f"{MARK}{i}@" + "x" * 300 + ".com", "sha256:" + "0" * 63,
-            f"sha256:{MARK}" + "0" * 61, f"{MARK}{i}" + "x" * consent.MAX_FIELD])
+            f"sha256:{MARK}" + "0" * 61, f"{MARK}{i}" + "x" * MAX_FIELD])
         # JSON can carry a lone surrogate ("\ud800"), which no UTF-8 text can
         unpaired = st.sampled_from(SURROGATES).map(lambda c: f"{MARK}{i}{c}@example.com")
         fields[2] = draw(st.one_of(broken, unpaired) if fmt == "jsonl" else broken)
     elif column == "purpose":
-        fields[3] = draw(not_in(consent.PURPOSES))
+        fields[3] = draw(not_in(PURPOSES))
     elif column == "consent":
-        fields[4] = draw(not_in(consent.STATES))
+        fields[4] = draw(not_in(STATES))
     else:
         fields[5] = draw(st.sampled_from(BAD_TIMES))
     return fields, column
@@ -637,10 +640,10 @@ def broken_line(draw, fmt: str, cells: list[str]) -> tuple[bytes, bool]:
             cells = cells[:-1] if draw(st.booleans()) else cells + ["extra"]
         line = csv_line(cells)
     else:
-        obj = dict(zip(consent.COLUMNS, cells))
+        obj = dict(zip(COLUMNS, cells))
         special = draw(st.sampled_from(["not a string", "missing", "not an object", "truncated",
                                         "huge int", "deep"])) if how == "format" else None
-        name = draw(st.sampled_from(consent.COLUMNS))
+        name = draw(st.sampled_from(COLUMNS))
         if special == "not a string":
             obj[name] = draw(st.sampled_from(JSON_NOT_STRINGS))
         elif special == "missing":
@@ -681,7 +684,7 @@ def structured_imports(draw, fmt: str) -> Expected:
     order = draw(st.permutations(range(6))) if fmt == "csv" else list(range(6))
     chunks = []
     if fmt == "csv":
-        header = ",".join(consent.COLUMNS[j] for j in order)
+        header = ",".join(COLUMNS[j] for j in order)
         chunks.append((draw(st.sampled_from(["", "\ufeff"])) + header + "\n").encode())
     exp = Expected()
     valid: list[Row] = []
@@ -709,7 +712,7 @@ def structured_imports(draw, fmt: str) -> Expected:
             fields = draw(spelled(row))
         cells = [fields[j] for j in order]
         chunks.append(csv_line(cells) if fmt == "csv"
-                      else json_line(dict(zip(consent.COLUMNS, cells)), draw(st.booleans())))
+                      else json_line(dict(zip(COLUMNS, cells)), draw(st.booleans())))
     exp.data = b"".join(chunks)
     return exp
 
@@ -720,9 +723,9 @@ def fresh_registry(tmp_path_factory):
     return store.connect(path)
 
 
-def run_import(conn, data: bytes, fmt: str) -> consent.ImportReport:
+def run_import(conn, data: bytes, fmt: str) -> imports.ImportReport:
     # A file object splits lines on b"\n" only, as the command line's open file does.
-    return consent.import_file(conn, io.BytesIO(data), fmt, "fuzz", workers=1)
+    return imports.import_file(conn, io.BytesIO(data), fmt, "fuzz", workers=1)
 
 
 def table_counts(conn) -> tuple[int, ...]:
@@ -741,9 +744,9 @@ def check_reasons(reasons) -> None:
         assert MARK not in reason.lower(), reason
 
 
-def check_report(conn, report: consent.ImportReport, data: bytes, fmt: str) -> None:
+def check_report(conn, report: imports.ImportReport, data: bytes, fmt: str) -> None:
     assert report.rows == report.imported_rows + report.duplicate_rows + report.invalid_rows
-    assert len(report.errors) == min(report.invalid_rows, consent.MAX_REPORTED_ERRORS)
+    assert len(report.errors) == min(report.invalid_rows, imports.MAX_REPORTED_ERRORS)
     lines = [line for line, _ in report.errors]
     assert lines == sorted(set(lines))
     first = 2 if fmt == "csv" else 1
@@ -762,7 +765,7 @@ def test_import_accounts_for_every_row(tmp_path_factory, fmt, data):
     try:
         try:
             report = run_import(conn, exp.data, fmt)
-        except consent.ImportFileError as exc:
+        except ImportFileError as exc:
             # A CSV writer leaves a lone \r unquoted, which breaks the record structure:
             # the whole file is refused and nothing is written.
             assert fmt == "csv" and "malformed CSV" in str(exc), exc
@@ -782,12 +785,12 @@ def test_import_accounts_for_every_row(tmp_path_factory, fmt, data):
 
 def test_row_reason_names_the_column(tmp_path_factory):
     conn = fresh_registry(tmp_path_factory)
-    good = dict(zip(consent.COLUMNS,
+    good = dict(zip(COLUMNS,
                     ["u1", "email", "a@example.com", "account", "granted", "2026-01-01T00:00:00Z"]))
 
     @settings(max_examples=200, deadline=None)
     # Hypothesis rarely draws a surrogate from an alphabet that allows one: insert it.
-    @given(st.sampled_from(consent.COLUMNS),
+    @given(st.sampled_from(COLUMNS),
            st.builds("{}{}{}".format, st.text(max_size=6), st.sampled_from(["", *SURROGATES]),
                      st.text(max_size=6)),
            st.sampled_from(["{}", MARK + "{}", MARK + "{}@example.com", "{}@example.com"]), st.booleans())
@@ -819,8 +822,8 @@ VALUES = {
         st.sampled_from([MARK, f"sha256:{MARK}", "sha256:" + "ab" * 32, "sha256:" + "AB" * 32]),
         surrogate_emails,
     ),
-    "purpose": st.sampled_from(consent.PURPOSES),
-    "consent": st.sampled_from(consent.STATES),
+    "purpose": st.sampled_from(PURPOSES),
+    "consent": st.sampled_from(STATES),
     "updated_at": ANY_TIME,
 }
 garbage_fields = st.one_of(
@@ -838,7 +841,7 @@ def mostly(usual, other, odds: int):
 
 def columns(fallback):
     """Each column usually valid, so that a third of the rows reach normalization."""
-    return st.tuples(*[mostly(VALUES[c], fallback, 5) for c in consent.COLUMNS])
+    return st.tuples(*[mostly(VALUES[c], fallback, 5) for c in COLUMNS])
 
 
 raw_lines = st.builds(lambda seed, n: blob(seed, n) + b"\n", st.integers(0, 2**32), st.integers(0, 60))
@@ -849,10 +852,10 @@ csv_lines = mostly(columns(garbage_fields).map(csv_line), st.one_of(
     raw_lines,
 ), 2)
 csv_headers = st.one_of(
-    st.permutations(consent.COLUMNS).map(lambda cols: ",".join(cols).encode() + b"\n"),
-    st.just(("\ufeff" + ",".join(consent.COLUMNS) + "\n").encode()),
-    st.just(" , ".join(consent.COLUMNS).encode() + b"\n"),
-    st.just(",".join(consent.COLUMNS[:-1]).encode() + b"\n"),
+    st.permutations(COLUMNS).map(lambda cols: ",".join(cols).encode() + b"\n"),
+    st.just(("\ufeff" + ",".join(COLUMNS) + "\n").encode()),
+    st.just(" , ".join(COLUMNS).encode() + b"\n"),
+    st.just(",".join(COLUMNS[:-1]).encode() + b"\n"),
     st.just(b""),
     csv_lines,
 )
@@ -863,8 +866,8 @@ json_values = st.recursive(
     max_leaves=6,
 )
 json_objects = st.builds(
-    lambda cells, drop: {c: v for c, v in zip(consent.COLUMNS, cells) if c not in drop},
-    columns(json_values), mostly(st.just(()), st.sets(st.sampled_from(consent.COLUMNS), max_size=2), 5))
+    lambda cells, drop: {c: v for c, v in zip(COLUMNS, cells) if c not in drop},
+    columns(json_values), mostly(st.just(()), st.sets(st.sampled_from(COLUMNS), max_size=2), 5))
 jsonl_lines = mostly(st.builds(json_line, json_objects, st.booleans()), st.one_of(
     st.builds(json_line, json_values, st.booleans()),
     st.sampled_from([HUGE_INT, DEEP, '{"user_id": ' + HUGE_INT + "}", "NaN", '"\\ud800"', "{",
@@ -887,7 +890,7 @@ def test_import_garbage(tmp_path_factory, fmt, data):
     try:
         try:
             report = run_import(conn, raw, fmt)
-        except consent.ImportFileError as exc:
+        except ImportFileError as exc:
             check_reasons([str(exc)])
             assert table_counts(conn) == (0, 0, 0, 0, 0)
         else:
@@ -916,9 +919,9 @@ def test_update_time_keeps_its_instant(spelling):
         expected = utc_text(moment)
     except OverflowError:  # before year 1 or after 9999 once in UTC: a row error
         with pytest.raises(ValueError):
-            consent.parse_time(text)
+            times.parse_time(text)
         return
-    assert consent.parse_time(text) == expected
+    assert times.parse_time(text) == expected
 
 
 def export_utc(moment: datetime, digits: int) -> str:
@@ -936,11 +939,11 @@ def test_update_time_text_fuzz(text, edits):
     for at, char in edits:
         text = text[:at] + char + text[at + 1 :]
     try:
-        stored = consent.parse_time(text)
+        stored = times.parse_time(text)
     except ValueError:
         return
     assert CANONICAL_TIME.fullmatch(stored), stored
-    assert consent.parse_time(stored) == stored
+    assert times.parse_time(stored) == stored
     datetime.strptime(stored, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -991,7 +994,7 @@ def test_client_list_fuzz(tmp_path_factory, lines, id_type, column, prehashed, h
         assert result.n_submitted == submitted == result.n_rows
 
 
-HEADER = ",".join(consent.COLUMNS).encode() + b"\n"
+HEADER = ",".join(COLUMNS).encode() + b"\n"
 
 
 @pytest.mark.parametrize("payload", [b"\xff", b"x" * 200_000], ids=["not-utf8", "over-field-limit"])
@@ -1023,12 +1026,12 @@ def test_megabyte_identifier_in_import(tmp_path_factory, fmt, quoting):
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n", quoting=quoting)
-        writer.writerows([consent.COLUMNS, *rows])
+        writer.writerows([COLUMNS, *rows])
         data, line = out.getvalue().encode(), 3
     else:
-        data = b"".join(json_line(dict(zip(consent.COLUMNS, r)), True) for r in rows)
+        data = b"".join(json_line(dict(zip(COLUMNS, r)), True) for r in rows)
         line = 2
-    reason = f"identifier is longer than {consent.MAX_FIELD} characters"
+    reason = f"identifier is longer than {MAX_FIELD} characters"
     conn = fresh_registry(tmp_path_factory)
     try:
         report = run_import(conn, data, fmt)

@@ -22,7 +22,8 @@ from psi_client.session import match as match_items
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 from psi_server.service import ServerConfig, start_server
-from psi_server import advertisers, consent, store
+from psi_server import advertisers, store
+from psi_server.registry import imports
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
 from .support import CLIENT, SERVER, ServerProcess, free_port, make_registry, psi_match
@@ -236,7 +237,7 @@ def test_disk_full_during_import_changes_nothing(world):
     path = tmp / "more.csv"
     write_csv([(f"y-{r[0]}", *r[1:]) for r in more.rows], path)
     with path.open("rb") as f, pytest.raises(sqlite3.OperationalError, match="full"):
-        consent.import_file(conn, f, "csv", "test", workers=1)
+        imports.import_file(conn, f, "csv", "test", workers=1)
     conn.close()
     conn = store.connect(db)
     after = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("users", "identifiers", "consent_events")]

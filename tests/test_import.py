@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
-
-from psi_server import consent, store
+from psi_server import store
+from psi_server.registry import imports
+from psi_server.registry.rows import ImportFileError
 
 HEADER = "user_id,id_type,identifier,purpose,consent,updated_at\n"
 GOOD = "u1,email,Alice@Example.com,account,granted,2026-01-01T00:00:00Z\n"
@@ -22,7 +23,7 @@ def reg(tmp_path):
 
 
 def run_import(conn, data: bytes, fmt="csv"):
-    return consent.import_file(conn, data.splitlines(keepends=True), fmt, "test", workers=1)
+    return imports.import_file(conn, data.splitlines(keepends=True), fmt, "test", workers=1)
 
 
 def counts(conn):
@@ -72,9 +73,9 @@ def test_malformed_csv_rows_reported_by_line(reg):
 
 def test_missing_columns_rejects_whole_file(reg):
     _, conn = reg
-    with pytest.raises(consent.ImportFileError, match="missing column.*purpose"):
+    with pytest.raises(ImportFileError, match="missing column.*purpose"):
         run_import(conn, b"user_id,id_type,identifier,consent,updated_at\nu1,email,a@b.co,granted,x\n")
-    with pytest.raises(consent.ImportFileError, match="empty"):
+    with pytest.raises(ImportFileError, match="empty"):
         run_import(conn, b"")
     assert counts(conn) == (0, 0, 0, 0)
 
@@ -142,7 +143,7 @@ def test_final_transaction_is_announced_before_it_starts_and_timed(reg):
 
     data = (HEADER + GOOD + GOOD + "u2,email,b@example.com,account,granted,2026-01-01T00:00:00Z\n"
             + "u3,email,nope,account,granted,2026-01-01T00:00:00Z\n").encode()
-    report = consent.import_file(conn, data.splitlines(keepends=True), "csv", "test",
+    report = imports.import_file(conn, data.splitlines(keepends=True), "csv", "test",
                                  workers=1, on_apply=applying)
     assert seen == [(3, (0, 0, 0, 0))]  # valid rows staged, duplicate included; none written
     assert counts(conn) == (2, 2, 2, 2)
@@ -171,7 +172,7 @@ def test_broken_quoting_refuses_the_whole_file(reg):
     _, conn = reg
     data = (HEADER + GOOD + 'u2,email,"bob@example.com"x,account,granted,2026-01-01T00:00:00Z\n'
             + "u3,email,carol@example.com,account,granted,2026-01-01T00:00:00Z\n").encode()
-    with pytest.raises(consent.ImportFileError, match="line 3: malformed CSV"):
+    with pytest.raises(ImportFileError, match="line 3: malformed CSV"):
         run_import(conn, data)
     assert counts(conn) == (0, 0, 0, 0)
 
@@ -180,3 +181,118 @@ def test_blank_and_whitespace_lines_are_not_rows(reg):
     _, conn = reg
     report = run_import(conn, (HEADER + "\n   \n" + GOOD + "\t\n").encode())
     assert (report.rows, report.imported_rows, report.invalid_rows) == (1, 1, 0)
+
+
+ACTION = "user_id,id_type,identifier,purpose,consent,updated_at,action\n"
+
+
+def purposes(conn) -> dict[str, set[str]]:
+    """Purposes held per identifier, by the user and value hash's first byte."""
+    held: dict[str, set[str]] = {}
+    for user, purpose in conn.execute("SELECT i.user_id || ':' || i.id_type, p.purpose FROM identifiers AS i "
+                                      "JOIN identifier_purposes AS p ON p.identifier_id = i.id"):
+        held.setdefault(user, set()).add(purpose)
+    return held
+
+
+def test_a_purpose_is_withdrawn_and_the_identifier_removed_with_its_last(reg):
+    path, conn = reg
+    run_import(conn, (HEADER + GOOD + "u1,email,alice@example.com,security,granted,2026-01-01T00:00:00Z\n").encode())
+    # importing the address again as security only takes nothing away
+    run_import(conn, (HEADER + "u1,email,alice@example.com,security,granted,2026-01-02T00:00:00Z\n").encode())
+    assert purposes(conn) == {"u1:email": {"account", "security"}}
+    assert matchable(path) == 1
+    report = run_import(conn, (ACTION + "u1,email,alice@example.com,account,granted,2026-01-03T00:00:00Z,remove\n"
+                               "u9,email,nobody@example.com,account,granted,2026-01-03T00:00:00Z,remove\n").encode())
+    assert (report.withdrawn_purposes, report.removed_identifiers, report.points_hashed) == (1, 0, 0)
+    assert purposes(conn) == {"u1:email": {"security"}}
+    assert matchable(path) == 0  # held only for security now
+    report = run_import(conn, (ACTION + "u1,email,alice@example.com,security,granted,2026-01-04T00:00:00Z,remove\n"
+                               ).encode())
+    assert (report.withdrawn_purposes, report.removed_identifiers) == (1, 1)
+    assert counts(conn) == (1, 0, 0, 4)  # the user and their consent history stay
+    assert conn.execute("SELECT user_id FROM users").fetchall() == [("u1",)]  # u9 was never created
+    history = conn.execute("SELECT purpose, held FROM purpose_changes ORDER BY id").fetchall()
+    assert history == [("account", 1), ("security", 1), ("account", 0), ("security", 0)]
+    assert store.integrity_ok(conn)
+
+
+def matchable(path) -> int:
+    from psi_server.live import LiveSet
+
+    live = LiveSet(str(path), 10)
+    live.build()
+    return live.snapshot(["email", "phone"]).size
+
+
+def test_a_file_is_read_as_the_history_it_describes(reg):
+    """Within a file the latest row decides, for consent and for each purpose (a
+    revocation or a withdrawal winning a tie), whatever the order of the rows."""
+    path, conn = reg
+    rows = [
+        "u1,email,a@example.com,account,granted,2026-01-02T00:00:00Z,remove",
+        "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z,add",        # withdrawn later
+        "u2,email,b@example.com,account,granted,2026-01-01T00:00:00Z,remove",
+        "u2,email,b@example.com,account,granted,2026-01-02T00:00:00Z,",           # added again later
+        "u3,email,c@example.com,account,granted,2026-01-01T00:00:00Z,add",
+        "u3,email,c@example.com,account,granted,2026-01-01T00:00:00Z,remove",     # a tie: withdrawn
+        "u4,email,d@example.com,account,revoked,2026-01-02T00:00:00Z,add",
+        "u4,email,d@example.com,account,granted,2026-01-03T00:00:00Z,add",        # granted last
+        "u5,email,e@example.com,account,granted,2026-01-02T00:00:00Z,add",
+        "u5,email,e@example.com,account,revoked,2026-01-02T00:00:00Z,add",        # a tie: revoked
+    ]
+    report = run_import(conn, (ACTION + "\n".join(rows) + "\n").encode())
+    assert report.invalid_rows == 0 and report.new_identifiers == 3
+    assert set(purposes(conn)) == {"u2:email", "u4:email", "u5:email"}
+    state = dict(conn.execute("SELECT user_id, ads_matching FROM users"))
+    assert state == {"u1": "granted", "u2": "granted", "u3": "granted", "u4": "granted", "u5": "revoked"}
+    assert matchable(path) == 2
+    # nothing transient is left in the history: u3's identifier never existed
+    assert conn.execute("SELECT COUNT(*) FROM identifier_history").fetchone()[0] == 3
+
+
+def test_duplicate_columns_and_keys_are_refused(reg):
+    _, conn = reg
+    with pytest.raises(ImportFileError, match="line 1: column purpose appears twice"):
+        run_import(conn, ("user_id,id_type,identifier,purpose,consent,updated_at,purpose\n"
+                          "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z,security\n").encode())
+    with pytest.raises(ImportFileError, match="line 1: columns 7 and 8 have the same name"):
+        run_import(conn, (HEADER.strip() + ",note,note\n"
+                          "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z,x,y\n").encode())
+    good = {"user_id": "u1", "id_type": "email", "identifier": "a@example.com", "purpose": "account",
+            "consent": "granted", "updated_at": "2026-01-01T00:00:00Z"}
+    lines = [json.dumps(good),
+             json.dumps(good)[:-1] + ', "purpose": "security"}',
+             json.dumps(good)[:-1] + ', "x-secret-key": 1, "x-secret-key": 2}',
+             json.dumps({**good, "user_id": "u2", "action": 7})]
+    report = run_import(conn, ("\n".join(lines) + "\n").encode(), "jsonl")
+    assert report.errors == [(2, "key purpose appears twice"), (3, "an object repeats a key"),
+                             (4, "action is not a string")]
+    assert counts(conn) == (1, 1, 1, 1)
+
+
+def test_rows_dated_in_the_future_are_refused_with_their_line(reg):
+    from datetime import datetime, timedelta, timezone
+
+    from psi_server.registry.times import utc_text
+
+    _, conn = reg
+    now = datetime.now(timezone.utc)
+    local_as_utc = (now + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")  # a local time sent with a Z
+    data = (HEADER
+            + f"u1,email,a@example.com,account,granted,{local_as_utc}\n"
+            + f"u2,email,b@example.com,account,granted,{utc_text(now + timedelta(minutes=1))}\n"
+            + f"u3,email,c@example.com,account,granted,{utc_text(now + timedelta(minutes=6))}\n").encode()
+    report = run_import(conn, data)
+    assert report.errors == [(2, "updated_at is more than 5 minutes in the future"),
+                             (4, "updated_at is more than 5 minutes in the future")]
+    assert [u for (u,) in conn.execute("SELECT user_id FROM users")] == ["u2"]
+
+
+def test_action_and_reserved_user_ids_are_checked(reg):
+    _, conn = reg
+    report = run_import(conn, (ACTION + "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z,delete\n"
+                               "erased:1234,email,b@example.com,account,granted,2026-01-01T00:00:00Z,add\n").encode())
+    assert report.errors == [(2, "action must be one of add, remove (empty means add)"),
+                             (3, "user_id may not start with 'erased:' (kept for erased users)")]
+    assert counts(conn) == (0, 0, 0, 0)

@@ -2,6 +2,7 @@
 what the database keeps."""
 
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -268,17 +269,28 @@ def test_budget_and_audit_commands(tmp_path):
     conn.close()
 
 
-def test_exact_mode_only_by_explicit_flag():
-    """Noise can be switched off by the command-line flag alone: it is off by default
-    and nothing in the server reads the environment (but GRPC_TRACE, to refuse gRPC
-    tracing that would log tokens)."""
+def test_exact_mode_only_by_explicit_flag(tmp_path):
+    """Noise can be switched off by the command-line flag alone: it is off by default,
+    neither the environment nor a configuration file can switch it off, and nothing but
+    the option loader reads the environment (but GRPC_TRACE, to refuse gRPC tracing that
+    would log tokens)."""
     from pathlib import Path
 
     import psi_server
+    from psi_server import options
     from psi_server.cli import parser
 
     assert parser().parse_args(["serve", "--db", "x"]).unsafe_exact_counts is False
     assert Policy().noise is True
-    for path in Path(psi_server.__file__).parent.glob("*.py"):
+    with pytest.raises(options.ConfigError, match="PSI_SERVER_UNSAFE_EXACT_COUNTS"):
+        options.configure(parser(), None, {"PSI_SERVER_UNSAFE_EXACT_COUNTS": "1"})
+    config = tmp_path / "server.toml"
+    for text in ("unsafe_exact_counts = true\n", "[serve]\nunsafe-exact-counts = true\n"):
+        config.write_text(text)
+        with pytest.raises(options.ConfigError, match="unsafe.exact.counts"):
+            options.configure(parser(), str(config), {})
+    for path in Path(psi_server.__file__).parent.rglob("*.py"):
+        if path.name == "options.py":
+            continue
         text = path.read_text().replace('os.environ.get("GRPC_TRACE", "")', "")
-        assert "environ" not in text and "getenv" not in text, path.name
+        assert not re.search(r"\benviron\b|getenv", text), path.name

@@ -3,26 +3,34 @@ set's incremental updates, and the schema."""
 
 import hashlib
 import io
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psi_server import store
+from psi_server.live import LiveSet
+from psi_server.registry import changes, history, imports, tables, times
 
 from psi import hash_to_curve
-from psi_server import consent, store
-from psi_server.live import LiveSet
+
+from . import registry_model as model
+from .support import SERVER
 
 HEADER = "user_id,id_type,identifier,purpose,consent,updated_at\n"
 
 
-def csv_bytes(rows) -> list[bytes]:
-    text = HEADER + "".join(",".join(r) + "\n" for r in rows)
+def csv_bytes(rows, action: bool = False) -> list[bytes]:
+    header = HEADER.replace("\n", ",action\n") if action else HEADER
+    text = header + "".join(",".join(r) + "\n" for r in rows)
     return io.BytesIO(text.encode()).readlines()
 
 
 def import_rows(conn, rows, **kw):
-    return consent.import_file(conn, csv_bytes(rows), "csv", "test", workers=1, **kw)
+    return imports.import_file(conn, csv_bytes(rows), "csv", "test", workers=1, **kw)
 
 
 def email(i: int) -> str:
@@ -60,63 +68,27 @@ def db(tmp_path, name="r.db"):
     return str(path)
 
 
-# A history: identifiers with purposes, and consent events at distinct or equal times.
-identifier_rows = st.lists(
-    st.tuples(st.integers(0, 5), st.integers(0, 7), st.sampled_from(consent.PURPOSES)),
-    min_size=1, max_size=25,
-)
-events = st.lists(
-    st.tuples(st.integers(0, 5), st.sampled_from(consent.STATES), st.integers(0, 4)), max_size=20
-)
-
-
-def expected_matchable(idents, evs) -> set[bytes]:
-    """The definition, computed independently: latest consent per user (revoked wins a
-    tie) is granted, and the identifier has a purpose other than security."""
-    latest: dict[int, tuple[int, str]] = {}
-    for user, state, t in evs:
-        cur = latest.get(user)
-        if cur is None or t > cur[0] or (t == cur[0] and state == "revoked"):
-            latest[user] = (t, state)
-    purposes: dict[tuple[int, int], set[str]] = {}
-    for user, ident, purpose in idents:
-        purposes.setdefault((user, ident), set()).add(purpose)
-    return {
-        value_hash(ident)
-        for (user, ident), ps in purposes.items()
-        if latest.get(user, (0, "revoked"))[1] == "granted" and ps - {"security"}
-    }
-
-
-@settings(max_examples=40, deadline=None)
-@given(identifier_rows, events, st.booleans())
-def test_table_equals_independent_matchable_set(tmp_path_factory, idents, evs, split):
-    path = db(tmp_path_factory.mktemp("prop"))
+@settings(max_examples=120, deadline=None)
+@given(model.histories)
+def test_live_set_follows_an_independent_model_of_the_history(tmp_path_factory, history):
+    """Grants, revocations (by import or command, dated in any order), purposes added
+    and withdrawn, erasures and rows dated in the future: after every change, the live
+    set (kept incrementally) and a fresh build hold exactly the model's matchable
+    values, and never a value held only for security."""
+    path = db(tmp_path_factory.mktemp("history"))
     conn = store.connect(path)
-    # Identifier rows carry a consent column too: give them the first event of their user
-    # (or a revocation at time 0), then record the remaining events individually.
-    first = {}
-    for user, state, t in evs:
-        first.setdefault(user, (state, t))
-    rows = []
-    for user, ident, purpose in idents:
-        state, t = first.get(user, ("revoked", 0))
-        rows.append((f"u{user}", "email", email(ident), purpose, state, f"2026-01-01T00:00:0{t}Z"))
-    import_rows(conn, rows)
-    known = {u for u, _, _ in idents}
-    history = [(u, "revoked", 0) for u in known if u not in first]
-    history += [(u, s, t) for u, (s, t) in first.items() if u in known]
-    rest = [e for e in evs if e[0] in known]
-    # apply the events either as one batch or one at a time, in the generated order
-    for user, state, t in rest:
-        consent.record_consent(conn, [f"u{user}"], state, f"2026-01-01T00:00:0{t}Z", "test")
-        history.append((user, state, t))
     live = LiveSet(path, 100)
     live.build()
-    if split:  # also exercise the incremental path: build, then re-sync nothing
-        live.snapshot(["email"])
-    want = expected_matchable(idents, history)
-    assert live_rows(live.snapshot(["email"])) == points_of("email", sorted(want))
+    expected = model.Model()
+    for index, op in enumerate(history):
+        model.run(conn, index, op)
+        expected.apply(index, op)
+        want = points_of("email", sorted({model.value_hash(v) for _, _, v in expected.matchable()}))
+        assert live_rows(live.snapshot(["email"])) == want
+        security_only = points_of("email", [model.value_hash(v) for v in expected.values_only_for_security()])
+        assert not want & security_only
+    assert table(path, cap=100) == want
+    assert store.integrity_ok(conn)
     conn.close()
 
 
@@ -155,22 +127,19 @@ def test_cap_keeps_a_users_earliest_imported_identifiers(tmp_path):
         assert table(path, cap=cap) == points_of("email", [value_hash(i) for i in order[:cap]])
 
 
-def withdraw(conn, user: int, ident: int, remove: bool) -> None:
-    """Take a purpose back, or the identifier with all its purposes (as a withdrawal or
-    an erasure does), straight in the registry."""
-    with store.transaction(conn):
-        row = conn.execute("SELECT id FROM identifiers WHERE user_id = ? AND value_hash = ?",
-                           (f"u{user}", value_hash(ident))).fetchone()
-        if row is None:
-            return
-        conn.execute("DELETE FROM identifier_purposes WHERE identifier_id = ? AND "
-                     "(? OR purpose = 'account')", (row[0], remove))
-        if remove:
-            conn.execute("DELETE FROM identifiers WHERE id = ?", (row[0],))
+def withdraw(conn, user: int, ident: int, erase: bool) -> None:
+    """Take the account purpose of an identifier back by import (the identifier goes
+    if that was its last purpose), or erase its user."""
+    if erase:
+        changes.erase_users(conn, [f"u{user}"])
+    else:
+        imports.import_file(conn, csv_bytes([(f"u{user}", "email", email(ident), "account", "granted",
+                                               "2026-01-01T00:00:00Z", "remove")], action=True),
+                            "csv", "withdrawal", workers=1)
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["revoke", "grant", "add", "withdraw", "remove"]),
+@given(st.lists(st.tuples(st.sampled_from(["revoke", "grant", "add", "withdraw", "erase"]),
                           st.integers(0, 7), st.integers(0, 9)),
                 min_size=1, max_size=12),
        st.sampled_from([1, 2]))
@@ -186,10 +155,10 @@ def test_incremental_updates_equal_a_rebuild(tmp_path_factory, ops, cap):
         when = f"2026-02-01T00:00:{step:02d}Z"
         if op == "add":
             import_rows(conn, [(f"u{user}", "email", email(100 + other), "account", "granted", when)])
-        elif op in ("withdraw", "remove"):
-            withdraw(conn, user, user if other % 2 else 100 + other, op == "remove")
+        elif op in ("withdraw", "erase"):
+            withdraw(conn, user, user if other % 2 else 100 + other, op == "erase")
         else:
-            consent.record_consent(conn, [f"u{user}"], "granted" if op == "grant" else "revoked", when)
+            changes.record_consent(conn, [f"u{user}"], "granted" if op == "grant" else "revoked", when)
         assert live_rows(live.snapshot(["email"])) == table(path, cap=cap)
 
 
@@ -200,7 +169,7 @@ def test_revocation_before_snapshot_is_applied_without_rebuild(tmp_path):
     live = LiveSet(path)
     live.build()
     base = live.snapshot(["email"]).base
-    consent.record_consent(conn, ["u7", "u8"], "revoked")
+    changes.record_consent(conn, ["u7", "u8"], "revoked")
     snap = live.snapshot(["email"])
     assert snap.size == 48 and snap.base is base  # same arrays: no rebuild
     assert live_rows(snap) == points_of("email", [value_hash(u) for u in range(50) if u not in (7, 8)])
@@ -213,11 +182,11 @@ def test_pruned_change_log_is_followed_by_a_rebuild(tmp_path):
     live, other = LiveSet(path), LiveSet(path)
     live.build()
     other.build()
-    consent.record_consent(conn, ["u3"], "revoked")
+    changes.record_consent(conn, ["u3"], "revoked")
     (latest,) = conn.execute("SELECT MAX(seq) FROM identifier_changes").fetchone()
-    assert consent.prune_change_log(conn, latest)  # as a second server would, after syncing
+    assert tables.prune_change_log(conn, latest)  # as a second server would, after syncing
     assert conn.execute("SELECT COUNT(*) FROM identifier_changes").fetchone()[0] == 0
-    consent.record_consent(conn, ["u4"], "revoked")
+    changes.record_consent(conn, ["u4"], "revoked")
     assert live_rows(live.snapshot(["email"])) == table(path) == points_of(
         "email", [value_hash(u) for u in range(20) if u not in (3, 4)])
     assert live_rows(other.snapshot(["email"])) == table(path)
@@ -313,3 +282,186 @@ def test_version_2_audit_rows_become_sessions_with_their_releases(tmp_path):
     with pytest.raises(Exception, match="append-only"):
         conn.execute("DELETE FROM sessions")
     assert store.integrity_ok(conn)
+
+
+def at_version(path, version: int):
+    """A registry file created by the migrations up to ``version`` only."""
+    conn = store.connect(path, create=True)
+    for step in range(1, version + 1):
+        with store.transaction(conn):
+            for statement in store._split(store.MIGRATIONS[step - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step}")
+    return conn
+
+
+def test_a_version_3_registry_upgrades_replaying_consent_under_the_new_rule(tmp_path):
+    """Version 3 let a grant dated in the future outrank every later revocation. The
+    upgrade keeps every event, replays them under the new rule (revoking that user, and
+    telling the live set), and rebuilds the history the impact report reads."""
+    path = tmp_path / "v3.db"
+    conn = at_version(path, 3)
+    values = [value_hash(i) for i in range(1, 5)]
+    points = hash_to_curve([b"email\x00" + v for v in values], workers=1)
+    batches = [  # (source, recorded_at, [(user, state, effective_at)])
+        ("import:a.csv", "2026-03-01T10:00:00.000Z", [("u1", "granted", "2026-01-01T00:00:00.000000Z"),
+                                                      ("u2", "granted", "2099-01-01T00:00:00.000000Z"),
+                                                      ("u3", "granted", "2026-01-01T00:00:00.000000Z"),
+                                                      ("u4", "granted", "2026-01-01T00:00:00.000000Z")]),
+        ("cli", "2026-03-02T10:00:00.000Z", [("u2", "revoked", "2026-03-02T10:00:00.000000Z"),
+                                             ("u3", "revoked", "2026-03-02T10:00:00.000000Z")]),
+        ("cli", "2026-03-03T10:00:00.000Z", [("u3", "granted", "2026-03-03T10:00:00.000000Z")]),
+    ]
+    with store.transaction(conn):
+        purposes = ["account", "account", "advertising", "security"]
+        for n, (v, p, purpose) in enumerate(zip(values, points, purposes), start=1):
+            conn.execute("INSERT INTO users (user_id) VALUES (?)", (f"u{n}",))
+            conn.execute("INSERT INTO identifiers (id, user_id, id_type, value_hash, point) "
+                         "VALUES (?, ?, 'email', ?, ?)", (n, f"u{n}", v, p.tobytes()))
+            conn.execute("INSERT INTO identifier_purposes VALUES (?, ?)", (n, purpose))
+        for source, recorded, events in batches:
+            conn.executemany("INSERT INTO consent_events (user_id, scope, state, effective_at, recorded_at, source) "
+                             "VALUES (?, 'ads_matching', ?, ?, ?, ?)", [(*e, recorded, source) for e in events])
+        conn.execute("INSERT INTO advertisers (name, token_hash, budget_micro, period_days) "
+                     "VALUES ('acme', zeroblob(32), 1000000, 30)")
+        conn.execute("INSERT INTO sessions (session_id, advertiser_id, opened_at, id_types, n_groups, n_items, "
+                     "table_size, epsilon_micro, sensitivity, threshold, noise) VALUES "
+                     "('s1', 1, '2026-03-01T12:00:00.000000Z', 'email', 100, 100, 500, 100000, 1, 100, 1)")
+    assert dict(conn.execute("SELECT user_id, ads_matching FROM users"))["u2"] == "granted"  # the bug
+    (changes_before,) = conn.execute("SELECT MAX(seq) FROM identifier_changes").fetchone()
+    conn.close()
+
+    conn = store.connect(path)  # upgrades
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert store.integrity_ok(conn)
+    assert dict(conn.execute("SELECT user_id, ads_matching FROM users")) == {
+        "u1": "granted", "u2": "revoked", "u3": "granted", "u4": "granted"}
+    # a future time no longer outranks what comes after the upgrade
+    assert conn.execute("SELECT consent_effective_at FROM users WHERE user_id = 'u2'").fetchone()[0] < "2027"
+    assert conn.execute("SELECT identifier_id FROM identifier_changes WHERE seq > ?",
+                        (changes_before,)).fetchall() == [(2,)]
+    assert table(str(path)) == points_of("email", [values[0], values[2]])
+    sources = conn.execute("SELECT kind, name, applied_at FROM change_sources ORDER BY id").fetchall()
+    assert sources[:3] == [("earlier", "import:a.csv", "2026-03-01T10:00:00.000000Z"),
+                           ("earlier", "cli", "2026-03-02T10:00:00.000000Z"),
+                           ("earlier", "cli", "2026-03-03T10:00:00.000000Z")]
+    assert [k for k, _, _ in sources[3:]] == ["upgrade"]
+    assert conn.execute("SELECT COUNT(*) FROM consent_events").fetchone()[0] == 7
+    history_of = {u: [s for (s,) in conn.execute(
+        "SELECT state FROM consent_changes WHERE user_id = ? ORDER BY id", (u,))] for u in ("u1", "u2", "u3")}
+    assert history_of == {"u1": ["granted"], "u2": ["granted", "revoked"],
+                          "u3": ["granted", "revoked", "granted"]}
+
+    def matchable(start, end):
+        report = history.impact(conn, start, end)
+        return report.users, report.sessions
+
+    # what the registry did then, under the rule of the time: u2 was matchable
+    assert matchable("2026-03-01T11:00:00.000000Z", "2026-03-01T13:00:00.000000Z") == (3, 1)
+    assert matchable("2026-03-02T11:00:00.000000Z", "2026-03-02T12:00:00.000000Z") == (2, 0)
+    now = times.now_utc()
+    assert matchable(now, now) == (2, 0)
+    assert history.impact(conn, now, now).reconstructed_before == sources[3][2]
+    with pytest.raises(Exception, match="append-only"):
+        conn.execute("UPDATE consent_events SET state = 'revoked'")
+    with pytest.raises(Exception, match="NOT NULL constraint failed: purpose_changes.source_id"):
+        conn.execute("DELETE FROM identifier_purposes")  # a change without a source
+    # new identifiers are numbered past the old ones, and new grants are not outranked
+    import_rows(conn, [("u5", "email", email(5), "account", "granted", "2026-04-01T00:00:00Z")])
+    changes.record_consent(conn, ["u2"], "granted")
+    assert table(str(path)) == points_of("email", [values[0], values[1], values[2], value_hash(5)])
+    assert conn.execute("SELECT MIN(id) FROM identifiers WHERE user_id = 'u5'").fetchone()[0] > 4
+    conn.close()
+
+
+def test_a_revocation_always_takes_effect(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    soon = times.utc_text(datetime.now(timezone.utc) + timedelta(minutes=4))  # within the skew
+    import_rows(conn, [("u1", "email", email(1), "account", "granted", soon),
+                       ("u2", "email", email(2), "account", "granted", "2026-01-01T00:00:00Z")])
+    assert table(path) == points_of("email", [value_hash(1), value_hash(2)])
+    # revoked now, before the grant's date: the revocation wins
+    assert changes.record_consent(conn, ["u1"], "revoked") == changes.ConsentResult(1, 0, 0, [])
+    # a revocation dated exactly like one already recorded is recorded again and wins
+    import_rows(conn, [("u2", "email", email(2), "account", "revoked", "2026-02-01T00:00:00Z")])
+    assert changes.record_consent(conn, ["u2"], "granted", "2026-03-01T00:00:00Z").changed == 1
+    assert changes.record_consent(conn, ["u2"], "revoked", "2026-02-01T00:00:00Z").changed == 1
+    assert table(path) == set()
+    # re-importing the old revocation (or the old grant) changes nothing
+    changes.record_consent(conn, ["u2"], "granted", "2026-04-01T00:00:00Z")
+    again = import_rows(conn, [("u2", "email", email(2), "account", "revoked", "2026-02-01T00:00:00Z"),
+                               ("u2", "email", email(2), "account", "granted", "2026-01-01T00:00:00Z")])
+    assert (again.new_consent_events, again.consent_changes) == (0, 0)
+    assert table(path) == points_of("email", [value_hash(2)])
+    # an old grant recorded later does not undo a revocation
+    result = changes.record_consent(conn, ["u1", "u2", "nobody"], "granted", "2026-01-15T00:00:00Z")
+    assert result == changes.ConsentResult(0, 1, 1, ["nobody"])
+    with pytest.raises(ValueError, match="future"):
+        changes.record_consent(conn, ["u1"], "granted", "2999-01-01T00:00:00Z")
+    conn.close()
+
+
+def test_erasure_leaves_nothing_of_the_user_in_the_file(tmp_path):
+    """After ``psi-server user erase`` returns, no value, hash, point or id of the
+    erased users is anywhere in the database file or its write-ahead log, while a
+    reader stays connected; their history stays under tombstones."""
+    path = db(tmp_path)
+    conn = store.connect(path)
+    rows = []
+    for i in range(400):
+        rows.append((f"user-{i:05d}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z"))
+        rows.append((f"user-{i:05d}", "phone", f"+1 650 555 {i:04d}", "security", "granted", "2026-01-01T00:00:00Z"))
+    import_rows(conn, rows)
+    live = LiveSet(path)
+    live.build()
+    assert live.snapshot(["email"]).size == 400
+    victims = [7, 123, 399]
+    phones = [hashlib.sha256(f"+1650555{i:04d}".encode()).digest() for i in victims]
+    secrets_of = {
+        "ids": [f"user-{i:05d}".encode() for i in victims],
+        "values": [email(i).encode() for i in victims],
+        "hashes": [value_hash(i) for i in victims] + phones,
+        "points": sorted(points_of("email", [value_hash(i) for i in victims]) | points_of("phone", phones)),
+    }
+    assert all(h in Path(path).read_bytes() + wal_bytes(path) for h in secrets_of["hashes"])
+    out = subprocess.run(SERVER + ["user", "erase", "--db", path] + [f"user-{i:05d}" for i in victims],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    everything = Path(path).read_bytes() + wal_bytes(path)
+    for kind, needles in secrets_of.items():
+        assert not [n for n in needles if n in everything], kind
+    assert value_hash(8) in everything  # the others are still there
+    assert live_rows(live.snapshot(["email"])) == points_of(
+        "email", [value_hash(i) for i in range(400) if i not in victims])
+    report = history.impact(conn, "2026-01-01T00:00:00.000000Z", times.now_utc(), list_users=True)
+    assert report.users == 400
+    assert sum(u.startswith("erased:") for u in report.user_ids) == 3
+    again = subprocess.run(SERVER + ["user", "erase", "--db", path, "user-00007"], capture_output=True, text=True)
+    assert again.returncode == 3 and "not in the registry" in again.stderr
+    assert store.integrity_ok(conn)
+    conn.close()
+
+
+def wal_bytes(path) -> bytes:
+    wal = Path(f"{path}-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_an_erasure_says_when_a_reader_keeps_deleted_pages_in_the_log(tmp_path):
+    path = db(tmp_path)
+    conn = store.connect(path)
+    import_rows(conn, [(f"user-{i}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
+                       for i in range(50)])
+    reader = store.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM identifiers").fetchone()  # holds a snapshot from before
+    conn.execute("PRAGMA busy_timeout = 200")
+    result = changes.erase_users(conn, ["user-3"])
+    assert (result.erased, result.identifiers, result.checkpointed) == (1, 1, False)
+    assert value_hash(3) in Path(path).read_bytes() + wal_bytes(path)
+    reader.execute("COMMIT")
+    reader.close()
+    assert store.checkpoint(conn)
+    assert value_hash(3) not in Path(path).read_bytes() + wal_bytes(path)
+    conn.close()
