@@ -308,25 +308,26 @@ AVX2 void psi_avx2_ladder(fe51 x2_out[4], fe51 z2_out[4], const uint8_t k[32], c
         fe4_cswap(&x2, &x3, mask);
         fe4_cswap(&z2, &z3, mask);
         swap = bit;
-        /* RFC 7748 section 5, in the same order */
+        /* RFC 7748 section 5, with independent products next to each other so that
+         * one's final carries overlap the next one's multiplications */
         fe4_add(&a, &x2, &z2);
-        fe4_sq(&aa, &a);
         fe4_sub(&b, &x2, &z2);
-        fe4_sq(&bb, &b);
-        fe4_sub(&e, &aa, &bb);
         fe4_add(&c, &x3, &z3);
         fe4_sub(&d, &x3, &z3);
+        fe4_sq(&aa, &a);
+        fe4_sq(&bb, &b);
         fe4_mul(&da, &d, &a);
         fe4_mul(&cb, &c, &b);
-        fe4_add(&t, &da, &cb);
-        fe4_sq(&x3, &t);
-        fe4_sub(&t, &da, &cb);
-        fe4_sq(&t, &t);
-        fe4_mul(&z3, &x1, &t);
+        fe4_sub(&e, &aa, &bb);
         fe4_mul(&x2, &aa, &bb);
         fe4_mul_small(&t, &e, 121665);
         fe4_add(&t, &aa, &t);
+        fe4_add(&a, &da, &cb);
+        fe4_sub(&b, &da, &cb);
+        fe4_sq(&x3, &a);
+        fe4_sq(&b, &b);
         fe4_mul(&z2, &e, &t);
+        fe4_mul(&z3, &x1, &b);
     }
     const v4u mask = broadcast(0 - swap);
     fe4_cswap(&x2, &x3, mask);
