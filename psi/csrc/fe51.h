@@ -15,6 +15,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the native core loads and stores little-endian words directly"
+#endif
+
 typedef uint64_t fe51[5];
 typedef unsigned __int128 psi_u128;
 
@@ -23,7 +27,7 @@ typedef unsigned __int128 psi_u128;
 static inline uint64_t load64_le(const uint8_t *p)
 {
     uint64_t v;
-    memcpy(&v, p, 8); /* the platforms this builds for are little-endian x86-64/arm64 */
+    memcpy(&v, p, 8);
     return v;
 }
 
