@@ -11,6 +11,7 @@ because the Python fallback is more than twice as slow and nothing would say so;
 import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 SOURCES = ["module", "x25519", "x25519_avx2", "hash_to_curve", "sha512"]
 HEADERS = ["native.h", "fe51.h", "ct.h"]
@@ -23,6 +24,26 @@ native = Extension(
     extra_compile_args=CFLAGS,
 )
 
+
+
+class BuildNative(build_ext):
+    """Says what to do when the compiler is missing or fails, under the compiler's own
+    message."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            raise SystemExit(
+                f"building the native core {ext.name} failed: {exc}\n"
+                "Install a C compiler (gcc or clang) and retry, or set PSI_NATIVE=off to "
+                "install without it (X25519 and hashing then run 2-3x slower)."
+            ) from exc
+
+
 # tests/test_native_ct.py reads SOURCES and CFLAGS from here to build its driver alike
 if __name__ == "__main__":
-    setup(ext_modules=[] if os.environ.get("PSI_NATIVE") == "off" else [native])
+    setup(
+        ext_modules=[] if os.environ.get("PSI_NATIVE") == "off" else [native],
+        cmdclass={"build_ext": BuildNative},
+    )
