@@ -67,12 +67,14 @@ AVX2 static inline void fe4_add(fe4 *h, const fe4 *f, const fe4 *g)
         h->v[i] = f->v[i] + g->v[i];
 }
 
-/* f - g + 2p: the limbs of 2p are 2^27 - 38, then alternately 2^26 - 2 and 2^27 - 2. */
+/* Limb i of 2p: 2^27 - 38, then alternately 2^26 - 2 and 2^27 - 2. */
+static inline uint64_t two_p(int i) { return i == 0 ? 0x7ffffda : (i & 1) ? 0x3fffffe : 0x7fffffe; }
+
+/* f - g + 2p, so that no limb goes negative for a carried g. */
 AVX2 static inline void fe4_sub(fe4 *h, const fe4 *f, const fe4 *g)
 {
-    h->v[0] = f->v[0] + 0x7ffffda - g->v[0];
-    for (int i = 1; i < 10; i++)
-        h->v[i] = f->v[i] + ((i & 1) ? 0x3fffffe : 0x7fffffe) - g->v[i];
+    for (int i = 0; i < 10; i++)
+        h->v[i] = f->v[i] + two_p(i) - g->v[i];
 }
 
 /* Operand scanning: row i adds f_i times every limb of g into the ten column sums. The
@@ -228,6 +230,22 @@ AVX2 static inline void fe4_cswap(fe4 *f, fe4 *g, v4u mask)
     }
 }
 
+/* The start of a ladder step: swap (x2, z2) with (x3, z3) under mask, and return
+ * x2 + z2, x2 - z2, x3 + z3 and x3 - z3; the swapped inputs themselves are not needed
+ * again, since the step overwrites all four. */
+AVX2 static inline void fe4_swap_sums(fe4 *a, fe4 *b, fe4 *c, fe4 *d, const fe4 *x2,
+                                      const fe4 *z2, const fe4 *x3, const fe4 *z3, v4u mask)
+{
+    for (int i = 0; i < 10; i++) {
+        const v4u tx = mask & (x2->v[i] ^ x3->v[i]), tz = mask & (z2->v[i] ^ z3->v[i]);
+        const v4u xa = x2->v[i] ^ tx, xb = x3->v[i] ^ tx, za = z2->v[i] ^ tz, zb = z3->v[i] ^ tz;
+        a->v[i] = xa + za;
+        b->v[i] = xa + two_p(i) - za;
+        c->v[i] = xb + zb;
+        d->v[i] = xb + two_p(i) - zb;
+    }
+}
+
 AVX2 static inline void fe4_set_small(fe4 *h, uint64_t x)
 {
     h->v[0] = broadcast(x);
@@ -305,15 +323,10 @@ AVX2 void psi_avx2_ladder(fe51 x2_out[4], fe51 z2_out[4], const uint8_t k[32], c
         const uint64_t bit = (k[pos >> 3] >> (pos & 7)) & 1;
         swap ^= bit;
         const v4u mask = broadcast(0 - swap);
-        fe4_cswap(&x2, &x3, mask);
-        fe4_cswap(&z2, &z3, mask);
         swap = bit;
         /* RFC 7748 section 5, with independent products next to each other so that
          * one's final carries overlap the next one's multiplications */
-        fe4_add(&a, &x2, &z2);
-        fe4_sub(&b, &x2, &z2);
-        fe4_add(&c, &x3, &z3);
-        fe4_sub(&d, &x3, &z3);
+        fe4_swap_sums(&a, &b, &c, &d, &x2, &z2, &x3, &z3, mask);
         fe4_sq(&aa, &a);
         fe4_sq(&bb, &b);
         fe4_mul(&da, &d, &a);
