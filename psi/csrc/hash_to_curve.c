@@ -218,13 +218,18 @@ int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8
 {
     if (n == 0)
         return 0;
-    fe51 *scratch = malloc(3 * n * sizeof(fe51));
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
+    fe51 *scratch = malloc(3 * block * sizeof(fe51));
     if (scratch == NULL)
         return -1;
-    for (size_t i = 0; i < n; i++)
-        point_from_uniform(scratch[i], scratch[n + i], uniform + i * count * PSI_H2C_L, count);
-    psi_batch_to_bytes(out, scratch, scratch + n, scratch + 2 * n, n);
-    psi_wipe(scratch, 3 * n * sizeof(fe51));
+    for (size_t start = 0; start < n; start += block) {
+        const size_t m = n - start < block ? n - start : block;
+        for (size_t i = 0; i < m; i++)
+            point_from_uniform(scratch[i], scratch[block + i],
+                               uniform + (start + i) * count * PSI_H2C_L, count);
+        psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
+    }
+    psi_wipe(scratch, 3 * block * sizeof(fe51));
     free(scratch);
     return 0;
 }
@@ -234,20 +239,25 @@ int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
 {
     if (n == 0)
         return 0;
-    fe51 *scratch = malloc(3 * n * sizeof(fe51));
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
+    fe51 *scratch = malloc(3 * block * sizeof(fe51));
     if (scratch == NULL)
         return -1;
     psi_sha512 zpad;
     zpad_state(&zpad);
     uint8_t uniform[2 * PSI_H2C_L];
-    for (size_t i = 0; i < n; i++) {
-        expand(&zpad, msgs + offsets[i], offsets[i + 1] - offsets[i], dst_prime,
-               dst_prime_len, uniform, (size_t)count * PSI_H2C_L);
-        point_from_uniform(scratch[i], scratch[n + i], uniform, count);
+    for (size_t start = 0; start < n; start += block) {
+        const size_t m = n - start < block ? n - start : block;
+        for (size_t i = 0; i < m; i++) {
+            const size_t j = start + i;
+            expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime,
+                   dst_prime_len, uniform, (size_t)count * PSI_H2C_L);
+            point_from_uniform(scratch[i], scratch[block + i], uniform, count);
+        }
+        psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
     }
-    psi_batch_to_bytes(out, scratch, scratch + n, scratch + 2 * n, n);
     psi_wipe(uniform, sizeof uniform);
-    psi_wipe(scratch, 3 * n * sizeof(fe51));
+    psi_wipe(scratch, 3 * block * sizeof(fe51));
     free(scratch);
     return 0;
 }

@@ -99,66 +99,68 @@ static int dst_and_count(Py_buffer *dst_prime, int count)
     return 0;
 }
 
+/* Copies messages [start, start + m) of items into one buffer, with their offsets. */
+static int join_messages(PyObject *items, Py_ssize_t start, Py_ssize_t m, uint8_t **joined,
+                         size_t *capacity, size_t *offsets)
+{
+    offsets[0] = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(items, start + i), &view, PyBUF_SIMPLE))
+            return -1;
+        const size_t end = offsets[i] + (size_t)view.len;
+        if (end > *capacity) {
+            const size_t grown = end > 2 * *capacity ? end : 2 * *capacity;
+            uint8_t *larger = PyMem_Realloc(*joined, grown);
+            if (larger == NULL) {
+                PyBuffer_Release(&view);
+                PyErr_NoMemory();
+                return -1;
+            }
+            *joined = larger;
+            *capacity = grown;
+        }
+        memcpy(*joined + offsets[i], view.buf, (size_t)view.len);
+        offsets[i + 1] = end;
+        PyBuffer_Release(&view);
+    }
+    return 0;
+}
+
 static PyObject *hash_to_curve(PyObject *self, PyObject *args)
 {
     PyObject *msgs;
     Py_buffer dst_prime, out;
-    int count, rc;
+    int count, rc = 0;
     (void)self;
     if (!PyArg_ParseTuple(args, "Oy*iw*", &msgs, &dst_prime, &count, &out))
         return NULL;
-    PyObject *result = NULL, *seq = NULL;
+    PyObject *result = NULL, *items = NULL;
     uint8_t *joined = NULL;
-    size_t *offsets = NULL, total = 0;
-    Py_ssize_t n = 0;
+    size_t capacity = 0, offsets[PSI_BLOCK + 1];
     if (dst_and_count(&dst_prime, count))
         goto done;
-    seq = PySequence_Fast(msgs, "messages must be a sequence of bytes");
-    if (seq == NULL)
+    /* a tuple: the caller's list cannot change length while the GIL is released */
+    items = PySequence_Tuple(msgs);
+    if (items == NULL)
         goto done;
-    n = PySequence_Fast_GET_SIZE(seq);
+    const Py_ssize_t n = PyTuple_GET_SIZE(items);
     if (out.len != 32 * n) {
         PyErr_Format(PyExc_ValueError, "output buffer holds %zd bytes, %zd needed", out.len,
                      32 * n);
         goto done;
     }
-    /* Messages are copied into one buffer while the GIL is held, so that the hashing
-     * needs no Python object. */
-    offsets = PyMem_Malloc((n + 1) * sizeof *offsets);
-    if (offsets == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    offsets[0] = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE))
+    /* Each block of messages is copied while the GIL is held and hashed without it, so
+     * that memory stays bounded and no Python object is touched while hashing. */
+    for (Py_ssize_t start = 0; start < n && rc == 0; start += PSI_BLOCK) {
+        const Py_ssize_t m = n - start < PSI_BLOCK ? n - start : PSI_BLOCK;
+        if (join_messages(items, start, m, &joined, &capacity, offsets))
             goto done;
-        offsets[i + 1] = offsets[i] + (size_t)view.len;
-        PyBuffer_Release(&view);
+        Py_BEGIN_ALLOW_THREADS
+        rc = psi_hash_to_curve(joined, offsets, (size_t)m, dst_prime.buf,
+                               (size_t)dst_prime.len, count, (uint8_t *)out.buf + 32 * start);
+        Py_END_ALLOW_THREADS
     }
-    total = offsets[n];
-    joined = PyMem_Malloc(total ? total : 1);
-    if (joined == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE))
-            goto done;
-        if ((size_t)view.len != offsets[i + 1] - offsets[i]) {
-            PyBuffer_Release(&view);
-            PyErr_SetString(PyExc_RuntimeError, "a message changed length while copied");
-            goto done;
-        }
-        memcpy(joined + offsets[i], view.buf, (size_t)view.len);
-        PyBuffer_Release(&view);
-    }
-    Py_BEGIN_ALLOW_THREADS
-    rc = psi_hash_to_curve(joined, offsets, (size_t)n, dst_prime.buf, (size_t)dst_prime.len,
-                           count, out.buf);
-    Py_END_ALLOW_THREADS
     if (rc) {
         PyErr_NoMemory();
         goto done;
@@ -166,11 +168,10 @@ static PyObject *hash_to_curve(PyObject *self, PyObject *args)
     result = Py_NewRef(Py_None);
 done:
     if (joined != NULL) {
-        psi_wipe(joined, total);
+        psi_wipe(joined, capacity);
         PyMem_Free(joined);
     }
-    PyMem_Free(offsets);
-    Py_XDECREF(seq);
+    Py_XDECREF(items);
     PyBuffer_Release(&dst_prime);
     PyBuffer_Release(&out);
     return result;

@@ -22,6 +22,11 @@ typedef struct {
     size_t malformed, off_curve, low_order;
 } psi_counts;
 
+/* Points per shared inversion: bounds the scratch memory of a call (120 bytes a point)
+ * whatever its size, and one inversion costs under 0.1% of this many ladders. A multiple
+ * of four, so that only a call's last block has points for the portable tail. */
+#define PSI_BLOCK 1024
+
 int psi_cpu_has_avx2(void);
 
 /* status[i] for each 32-byte point: a combination of PSI_NONCANONICAL and PSI_TWIST.

@@ -173,6 +173,30 @@ static void check_points(const uint8_t *points, size_t n, int avx2, psi_counts *
     }
 }
 
+/* (X : Z) of each point's ladder: four at a time on the AVX2 path, the rest one by one. */
+static void ladders(fe51 *xs, fe51 *zs, const uint8_t k[32], const uint8_t *points, size_t n,
+                    int avx2)
+{
+    size_t i = 0;
+#if PSI_X86_64
+    if (avx2) {
+        fe51 u[4];
+        for (; i + 4 <= n; i += 4) {
+            for (int j = 0; j < 4; j++)
+                fe51_frombytes(u[j], points + 32 * (i + j));
+            psi_avx2_ladder(xs + i, zs + i, k, u);
+        }
+    }
+#else
+    (void)avx2;
+#endif
+    for (; i < n; i++) {
+        fe51 u;
+        fe51_frombytes(u, points + 32 * i);
+        ladder51(xs[i], zs[i], k, u);
+    }
+}
+
 int psi_x25519_batch(const uint8_t scalar[32], const uint8_t *points, uint8_t *out, size_t n,
                      int check, int avx2, psi_counts *counts)
 {
@@ -184,38 +208,28 @@ int psi_x25519_batch(const uint8_t scalar[32], const uint8_t *points, uint8_t *o
     }
     if (n == 0)
         return 0;
-    fe51 *scratch = malloc(3 * n * sizeof(fe51));
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
+    fe51 *scratch = malloc(3 * block * sizeof(fe51));
     if (scratch == NULL)
         return -1;
-    fe51 *xs = scratch, *zs = scratch + n, *prefix = scratch + 2 * n;
+    fe51 *xs = scratch, *zs = scratch + block, *prefix = scratch + 2 * block;
     uint8_t k[32];
     memcpy(k, scalar, 32);
     k[0] &= 248;
     k[31] &= 127;
     k[31] |= 64;
-    size_t i = 0;
-#if PSI_X86_64
-    if (avx2) {
-        fe51 u[4];
-        for (; i + 4 <= n; i += 4) {
-            for (int j = 0; j < 4; j++)
-                fe51_frombytes(u[j], points + 32 * (i + j));
-            psi_avx2_ladder(xs + i, zs + i, k, u);
-        }
+    for (size_t start = 0; start < n; start += block) {
+        const size_t m = n - start < block ? n - start : block;
+        const uint8_t *u = points + 32 * start;
+        ladders(xs, zs, k, u, m, avx2);
+        psi_batch_to_bytes(out + 32 * start, xs, zs, prefix, m);
     }
-#endif
-    for (; i < n; i++) {
-        fe51 u;
-        fe51_frombytes(u, points + 32 * i);
-        ladder51(xs[i], zs[i], k, u);
-    }
-    psi_batch_to_bytes(out, xs, zs, prefix, n);
     psi_wipe(k, sizeof k);
-    psi_wipe(scratch, 3 * n * sizeof(fe51));
+    psi_wipe(scratch, 3 * block * sizeof(fe51));
     free(scratch);
     /* The results go to the peer; whether one is all zero is public. */
     PSI_DECLASSIFY(out, 32 * n);
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         uint8_t acc = 0;
         for (int j = 0; j < 32; j++)
             acc |= out[32 * i + j];
