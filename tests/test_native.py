@@ -41,7 +41,9 @@ PATHS = [
         marks=pytest.mark.skipif(not lib.avx2_supported(), reason="this CPU has no AVX2"),
     ),
 ]
-WYCHEPROOF = [t for g in load_vectors("wycheproof_x25519_test.json")["testGroups"] for t in g["tests"]]
+WYCHEPROOF = [
+    t for g in load_vectors("wycheproof_x25519_test.json")["testGroups"] for t in g["tests"]
+]
 RFC7748 = load_vectors("rfc7748_x25519.json")
 
 
@@ -97,7 +99,9 @@ def test_sha512_matches_hashlib_at_every_padding_boundary():
 XMD = load_vectors("rfc9380_expand_message_xmd_SHA512_38.json")
 
 
-@pytest.mark.parametrize("case", XMD["tests"], ids=lambda c: f"{c['msg'][:12]!r}-{c['len_in_bytes']}")
+@pytest.mark.parametrize(
+    "case", XMD["tests"], ids=lambda c: f"{c['msg'][:12]!r}-{c['len_in_bytes']}"
+)
 def test_expand_message_xmd_vectors(case):
     dst_prime = _dst_prime(XMD["DST"].encode())
     out = lib.expand_message_xmd(case["msg"].encode(), dst_prime, int(case["len_in_bytes"], 16))
