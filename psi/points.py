@@ -19,7 +19,6 @@ _P = gmpy2.mpz(2**255 - 19)
 _A = gmpy2.mpz(486662)
 # p = 2^255 - 19 little-endian: 0xed, then 30 bytes of 0xff, then 0x7f.
 _P_LE = np.frombuffer((2**255 - 19).to_bytes(32, "little"), dtype=np.uint8)
-_TWIST = 2  # the extension's status bit for a point of the twist
 
 
 def as_points(points) -> np.ndarray:
@@ -57,7 +56,7 @@ def off_curve_count(points: np.ndarray) -> int:
         points = as_points(points)
         status = np.empty(len(points), dtype=np.uint8)
         lib.classify(points, status, backend.avx2())
-        return int(np.count_nonzero(status & _TWIST))
+        return int(np.count_nonzero(status & lib.TWIST))
     from_bytes = gmpy2.mpz.from_bytes
     jacobi = gmpy2.jacobi
     p, a = _P, _A

@@ -263,7 +263,7 @@ static PyMethodDef methods[] = {
      "nothing is computed unless every point is canonical and on the curve."},
     {"classify", classify, METH_VARARGS,
      "classify(points, status, avx2)\n\n"
-     "One status byte per point: bit 0 not canonical, bit 1 on the twist."},
+     "One status byte per point: NONCANONICAL and TWIST bits."},
     {"hash_to_curve", hash_to_curve, METH_VARARGS,
      "hash_to_curve(messages, dst_prime, count, out)\n\n"
      "RFC 9380 curve25519_XMD:SHA-512_ELL2 (count 2: _RO_, count 1: _NU_), u only."},
@@ -289,5 +289,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     have_avx2 = psi_cpu_has_avx2();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    /* the bits of classify's status bytes */
+    if (PyModule_AddIntConstant(m, "NONCANONICAL", PSI_NONCANONICAL) ||
+        PyModule_AddIntConstant(m, "TWIST", PSI_TWIST)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
