@@ -42,8 +42,9 @@ AVX2 static inline v4u broadcast(uint64_t x) { return (v4u)_mm256_set1_epi64x((l
 
 AVX2 static inline v4u times19(v4u c) { return c + (c << 1) + (c << 4); }
 
-/* Carries of ten 64-bit column sums, in two interleaved chains (0..5 and 4..10) so that
- * the dependency chain is half as long; the carry out of limb 9 wraps around times 19. */
+/* Carries of ten 64-bit column sums, in two interleaved chains (from limb 0 and from
+ * limb 4) so that the dependency chain is half as long; the carry out of limb 9 wraps
+ * around times 19, and limb 0 carries once more. */
 AVX2 static inline void fe4_reduce(fe4 *out, v4u h0, v4u h1, v4u h2, v4u h3, v4u h4, v4u h5,
                                    v4u h6, v4u h7, v4u h8, v4u h9)
 {
