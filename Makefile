@@ -9,14 +9,20 @@ EXTRAS ?= test,dask,bench
 
 .PHONY: venv test test-fast demo bench bench-quick proto clean
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-env
+# setup.py builds the C core (psi/csrc) into the package; editing it reinstalls.
+$(STAMP): pyproject.toml constraints.txt scripts/install-env setup.py $(wildcard psi/csrc/*)
 	PYTHON=$(PYTHON) EXTRAS=$(EXTRAS) scripts/install-env $(VENV)
 	@touch $@
 
 venv: $(STAMP)
 
+# The whole suite runs on the fastest path this CPU has (PSI_NATIVE=auto); the core's
+# tests then run again on the portable C path and on the Python fallback.
+CORE_TESTS := tests/test_vectors.py tests/test_core_properties.py tests/test_protocol.py
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	PSI_NATIVE=portable $(BIN)/python -m pytest -q $(CORE_TESTS)
+	PSI_NATIVE=off $(BIN)/python -m pytest -q $(CORE_TESTS)
 
 # Everything but the slow end-to-end cases, for a quick loop while editing.
 test-fast: $(STAMP)

@@ -4,6 +4,10 @@ Every figure is the best of ``REPEATS`` runs, ``openssl speed`` included: interf
 from other tenants only ever slows a run down. One-worker rates divide by the process's
 CPU time, as ``openssl speed`` does by default; rates over several workers divide by wall
 time, which is what parallelism buys.
+
+The primitives run on the path ``psi.backend`` selected (the native core where it is
+built); the Python fallback is measured in the same rounds on one worker, so that the
+native path, the fallback and openssl are compared side by side.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from psi import Key, count_intersection, encode_identifier, hash_to_curve
+from psi import Key, backend, count_intersection, encode_identifier, hash_to_curve
 from psi.parallel import cpu_count
 
 __all__ = ["REPEATS", "measure", "openssl_x25519", "rates_by_workers"]
 
 REPEATS = 5
+# Items per run of the Python fallback: its per-item cost does not depend on the batch,
+# and the whole batch would add minutes to every run.
+PYTHON_ITEMS = 5_000
 
 
 def openssl_x25519(seconds: int) -> float:
@@ -46,18 +53,26 @@ def _timed(fn: Callable[..., object], *args: object) -> tuple[float, float]:
 
 def _throughput(
     messages: list[bytes], own: np.ndarray, received: np.ndarray, seconds: int
-) -> tuple[float, dict[int, dict[str, tuple[float, float]]]]:
-    """openssl's rate per core, and (by wall, by CPU) rates of each bulk primitive per
-    number of workers."""
+) -> tuple[float, dict[int, dict[str, tuple[float, float]]], dict[str, float]]:
+    """openssl's rate per core; (by wall, by CPU) rates of each bulk primitive per number
+    of workers on the selected path; and the Python fallback's rates by CPU on one
+    worker."""
     key = Key.generate()
     operations = {
         "apply_own": lambda w: key.apply(own, w, check=False),
         "apply_received": lambda w: key.apply(received, w, check=True),
         "hash_to_curve": lambda w: hash_to_curve(messages, workers=w),
     }
+    few = slice(0, PYTHON_ITEMS)
+    fallback = {
+        "apply_own": lambda: key.apply(own[few], 1, check=False),
+        "apply_received": lambda: key.apply(received[few], 1, check=True),
+        "hash_to_curve": lambda: hash_to_curve(messages[few], workers=1),
+    }
     workers = range(1, cpu_count() + 1)
     openssl = 0.0
     best = {(w, name): (float("inf"), float("inf")) for w in workers for name in operations}
+    best_fallback = dict.fromkeys(fallback, float("inf"))
     # Round robin: a burst of load from other tenants then spoils one run of several
     # measurements instead of every run of one, and the best of each survives.
     for _ in range(REPEATS):
@@ -66,12 +81,21 @@ def _throughput(
             for name, operation in operations.items():
                 wall, cpu = _timed(operation, w)
                 best[w, name] = (min(best[w, name][0], wall), min(best[w, name][1], cpu))
+        if backend.path() != "python":
+            with backend.use("off"):
+                for name, operation in fallback.items():
+                    best_fallback[name] = min(best_fallback[name], _timed(operation)[1])
     size = len(messages)
     rates = {
         w: {name: (size / best[w, name][0], size / best[w, name][1]) for name in operations}
         for w in workers
     }
-    return openssl, rates
+    python = {
+        name: min(size, PYTHON_ITEMS) / seconds
+        for name, seconds in best_fallback.items()
+        if seconds != float("inf")
+    }
+    return openssl, rates, python
 
 
 def _count_seconds(small: int, large: int) -> float:
@@ -100,11 +124,13 @@ def measure(*, quick: bool) -> dict:
     own = hash_to_curve(messages)
     # what a party receives: points blinded under the other party's key
     received = Key.generate().apply(own, check=False)
-    openssl, by_workers = _throughput(messages, own, received, 1 if quick else 3)
+    openssl, by_workers, python = _throughput(messages, own, received, 1 if quick else 3)
     return {
         "size": size,
         "repeats": REPEATS,
+        "backend": backend.describe(),
         "openssl_per_core": openssl,
         "by_workers": by_workers,
+        "python_one_worker": python,
         "count": {"small": small, "large": large, "seconds": _count_seconds(small, large)},
     }

@@ -26,6 +26,7 @@ __all__ = [
     "InlineExecutor",
     "Pipeline",
     "ProcessExecutor",
+    "chunk_size",
     "cpu_count",
     "get_executor",
     "imap",
@@ -183,6 +184,14 @@ def _shutdown_pools() -> None:
         server = getattr(multiprocessing.forkserver, "_forkserver", None)
         if server is not None and hasattr(server, "_stop"):
             server._stop()
+
+
+def chunk_size(items: int, workers: int, limit: int) -> int:
+    """Items per task to split ``items`` over ``workers``: at most ``limit``, and a
+    multiple of ``workers`` tasks (two per worker at least), so that the workers share
+    the work evenly to the end instead of one finishing a last short round alone."""
+    tasks = workers * max(2, -(-items // (limit * workers)))
+    return max(1, -(-items // tasks))
 
 
 def imap(

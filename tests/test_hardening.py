@@ -77,7 +77,8 @@ def world(tmp_path):
 def test_client_killed_mid_upload(world):
     tmp, db, token_file, listing = world
     big = tmp / "big.txt"
-    big.write_text("\n".join(f"someone{i}@example.org" for i in range(60_000)) + "\n")
+    # large enough that the client is still working when killed, even with the native core
+    big.write_text("\n".join(f"someone{i}@example.org" for i in range(250_000)) + "\n")
     server = ServerProcess(db, tmp, "--unsafe-exact-counts", "--min-list-size", "10")
     try:
         proc = subprocess.Popen(CLIENT + ["--server", server.address, "--token-file", str(token_file),

@@ -1,0 +1,263 @@
+/* RFC 9380 hashing to curve25519: expand_message_xmd with SHA-512 (section 5.3.1),
+ * hash_to_field (5.2), the Elligator 2 map in the straight-line form of appendix G.2.1,
+ * and clear_cofactor, for the suites curve25519_XMD:SHA-512_ELL2_RO_ (two field
+ * elements, two maps, one addition) and _NU_ (one).
+ *
+ * Only u-coordinates leave: the sum of the two mapped points is taken in fraction form
+ * straight to a projective u, the cofactor 8 is cleared with three x-only doublings,
+ * and one inversion per batch makes every u affine. Identifiers are the caller's own
+ * data, so all of this runs without a branch or an index that depends on them.
+ */
+#include <stdlib.h>
+
+#include "native.h"
+
+#define CURVE_A 486662 /* the Montgomery coefficient, J in RFC 9380 */
+
+/* c2 = 2^((p + 3) / 8) and c3 = sqrt(-1) = 2^((p - 1) / 4), little-endian. */
+static const uint8_t C2[32] = {
+    0xb1, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
+    0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b,
+};
+static const uint8_t C3[32] = {
+    0xb0, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
+    0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b,
+};
+
+/* The SHA-512 state after the all-zero block Z_pad that starts every b_0. */
+static void zpad_state(psi_sha512 *c)
+{
+    static const uint8_t zeros[128];
+    psi_sha512_init(c);
+    psi_sha512_update(c, zeros, sizeof zeros);
+}
+
+static void expand(const psi_sha512 *zpad, const uint8_t *msg, size_t msg_len,
+                   const uint8_t *dst_prime, size_t dst_prime_len, uint8_t *out, size_t len)
+{
+    const size_t ell = (len + 63) / 64;
+    const uint8_t len_and_zero[3] = {(uint8_t)(len >> 8), (uint8_t)len, 0};
+    uint8_t b0[64], bi[64];
+    psi_sha512 c = *zpad;
+    psi_sha512_update(&c, msg, msg_len);
+    psi_sha512_update(&c, len_and_zero, 3);
+    psi_sha512_update(&c, dst_prime, dst_prime_len);
+    psi_sha512_final(&c, b0);
+    memset(bi, 0, sizeof bi); /* b_0 xor (no b_0) = b_0 for the first block */
+    for (size_t i = 1; i <= ell; i++) {
+        const uint8_t index = (uint8_t)i;
+        for (int j = 0; j < 64; j++)
+            bi[j] ^= b0[j];
+        psi_sha512_init(&c);
+        psi_sha512_update(&c, bi, 64);
+        psi_sha512_update(&c, &index, 1);
+        psi_sha512_update(&c, dst_prime, dst_prime_len);
+        psi_sha512_final(&c, bi);
+        const size_t take = len - 64 * (i - 1) < 64 ? len - 64 * (i - 1) : 64;
+        memcpy(out + 64 * (i - 1), bi, take);
+    }
+    psi_wipe(b0, sizeof b0);
+    psi_wipe(bi, sizeof bi);
+}
+
+int psi_expand_message_xmd(const uint8_t *msg, size_t msg_len, const uint8_t *dst_prime,
+                           size_t dst_prime_len, uint8_t *out, size_t len)
+{
+    if (len == 0 || len > 255 * 64)
+        return -1;
+    psi_sha512 zpad;
+    zpad_state(&zpad);
+    expand(&zpad, msg, msg_len, dst_prime, dst_prime_len, out, len);
+    return 0;
+}
+
+/* OS2IP of 48 bytes, mod p: with the integer hi 2^256 + lo, 2^256 = 38 and the top bit
+ * of lo, 2^255, = 19 (mod p). */
+static void fe51_from_uniform(fe51 h, const uint8_t b[PSI_H2C_L])
+{
+    uint8_t lo[32];
+    for (int i = 0; i < 32; i++)
+        lo[i] = b[47 - i];
+    uint64_t hi0 = 0, hi1 = 0; /* hi = hi1 2^64 + hi0 */
+    for (int i = 0; i < 8; i++) {
+        hi1 = (hi1 << 8) | b[i];
+        hi0 = (hi0 << 8) | b[8 + i];
+    }
+    fe51_frombytes(h, lo);
+    h[0] += 19 * (uint64_t)(lo[31] >> 7);
+    h[0] += 38 * (hi0 & FE51_MASK);
+    h[1] += 38 * (((hi0 >> 51) | (hi1 << 13)) & FE51_MASK);
+    h[2] += 38 * (hi1 >> 38);
+    fe51_carry(h);
+    psi_wipe(lo, sizeof lo);
+}
+
+/* Elligator 2 (RFC 9380 appendix G.2.1): the point (xn / xd, y). Step numbers are the
+ * appendix's. */
+static void map_to_curve(fe51 xn, fe51 xd, fe51 y, const fe51 u)
+{
+    fe51 c2, c3, tv1, tv2, tv3, x1n, x2n, gxd, gx1, gx2, y11, y12, y1, y21, y22, y2, t;
+    fe51_frombytes(c2, C2);
+    fe51_frombytes(c3, C3);
+    fe51_sq(tv1, u);                          /* 1 */
+    fe51_add(tv1, tv1, tv1);                  /* 2: 2 u^2 */
+    fe51_carry(tv1);
+    fe51_one(t);
+    fe51_add(xd, tv1, t);                     /* 3: never 0, as -1/2 is not a square */
+    fe51_set_small(t, CURVE_A);
+    fe51_neg(x1n, t);                         /* 4: x1 = -J / xd */
+    fe51_sq(tv2, xd);                         /* 5 */
+    fe51_mul(gxd, tv2, xd);                   /* 6 */
+    fe51_mul_small(gx1, tv1, CURVE_A);        /* 7 */
+    fe51_mul(gx1, gx1, x1n);                  /* 8 */
+    fe51_add(gx1, gx1, tv2);                  /* 9 */
+    fe51_mul(gx1, gx1, x1n);                  /* 10: g(x1) gxd */
+    fe51_sq(tv3, gxd);                        /* 11 */
+    fe51_sq(tv2, tv3);                        /* 12 */
+    fe51_mul(tv3, tv3, gxd);                  /* 13 */
+    fe51_mul(tv3, tv3, gx1);                  /* 14 */
+    fe51_mul(tv2, tv2, tv3);                  /* 15 */
+    fe51_pow22523(y11, tv2);                  /* 16 */
+    fe51_mul(y11, y11, tv3);                  /* 17 */
+    fe51_mul(y12, y11, c3);                   /* 18 */
+    fe51_sq(tv2, y11);                        /* 19 */
+    fe51_mul(tv2, tv2, gxd);                  /* 20 */
+    const uint64_t e1 = fe51_eq_mask(tv2, gx1); /* 21 */
+    fe51_copy(y1, y12);
+    fe51_cmov(y1, y11, e1);                   /* 22 */
+    fe51_mul(x2n, x1n, tv1);                  /* 23 */
+    fe51_mul(y21, y11, u);                    /* 24 */
+    fe51_mul(y21, y21, c2);                   /* 25 */
+    fe51_mul(y22, y21, c3);                   /* 26 */
+    fe51_mul(gx2, gx1, tv1);                  /* 27 */
+    fe51_sq(tv2, y21);                        /* 28 */
+    fe51_mul(tv2, tv2, gxd);                  /* 29 */
+    const uint64_t e2 = fe51_eq_mask(tv2, gx2); /* 30 */
+    fe51_copy(y2, y22);
+    fe51_cmov(y2, y21, e2);                   /* 31 */
+    fe51_sq(tv2, y1);                         /* 32 */
+    fe51_mul(tv2, tv2, gxd);                  /* 33 */
+    const uint64_t e3 = fe51_eq_mask(tv2, gx1); /* 34 */
+    fe51_copy(xn, x2n);
+    fe51_cmov(xn, x1n, e3);                   /* 35 */
+    fe51_copy(y, y2);
+    fe51_cmov(y, y1, e3);                     /* 36 */
+    const uint64_t e4 = 0 - fe51_parity(y);   /* 37 */
+    fe51_neg(t, y);
+    fe51_cmov(y, t, e3 ^ e4);                 /* 38 */
+    fe51_carry(y);
+}
+
+/* x-only doubling, with the ladder's formulas. */
+static void dbl(fe51 x, fe51 z)
+{
+    fe51 s, d, aa, bb, e, t;
+    fe51_add(s, x, z);
+    fe51_sub(d, x, z);
+    fe51_sq(aa, s);
+    fe51_sq(bb, d);
+    fe51_sub(e, aa, bb);
+    fe51_mul(x, aa, bb);
+    fe51_mul_small(t, e, 121665);
+    fe51_add(t, aa, t);
+    fe51_mul(z, e, t);
+}
+
+/* Projective u of Q0 + Q1 for Q0 = (x0n / x0d, y0), Q1 = (x1n / x1d, y1):
+ * lambda = (y1 - y0) / (x1 - x0) = num / den and u = lambda^2 - J - x0 - x1, all over
+ * den^2 x0d x1d. Equal u-coordinates make den zero: then the sum is the identity (Z = 0
+ * already) or, for Q0 = Q1, the doubling of Q0, chosen without a branch. */
+static void add(fe51 x, fe51 z, const fe51 x0n, const fe51 x0d, const fe51 y0,
+                const fe51 x1n, const fe51 x1d, const fe51 y1)
+{
+    fe51 a, b, den, dd, num, den2, s, t;
+    fe51_mul(a, x1n, x0d);
+    fe51_mul(b, x0n, x1d);
+    fe51_sub(den, a, b);
+    fe51_carry(den);
+    fe51_mul(dd, x0d, x1d);
+    fe51_sub(t, y1, y0);
+    fe51_mul(num, t, dd);
+    fe51_sq(den2, den);
+    fe51_mul_small(s, dd, CURVE_A);
+    fe51_add(s, s, a);
+    fe51_add(s, s, b);
+    fe51_mul(s, s, den2);
+    fe51_sq(t, num);
+    fe51_mul(t, t, dd);
+    fe51_sub(x, t, s);
+    fe51_carry(x);
+    fe51_mul(z, den2, dd);
+    const uint64_t same = fe51_iszero_mask(den) & fe51_eq_mask(y0, y1);
+    fe51_copy(a, x0n);
+    fe51_copy(b, x0d);
+    dbl(a, b);
+    fe51_cmov(x, a, same);
+    fe51_cmov(z, b, same);
+}
+
+static void point_from_uniform(fe51 x, fe51 z, const uint8_t *uniform, int count)
+{
+    fe51 u, x0n, x0d, y0;
+    fe51_from_uniform(u, uniform);
+    map_to_curve(x0n, x0d, y0, u);
+    if (count == 2) {
+        fe51 x1n, x1d, y1;
+        fe51_from_uniform(u, uniform + PSI_H2C_L);
+        map_to_curve(x1n, x1d, y1, u);
+        add(x, z, x0n, x0d, y0, x1n, x1d, y1);
+    } else {
+        fe51_copy(x, x0n);
+        fe51_copy(z, x0d);
+    }
+    for (int i = 0; i < 3; i++) /* clear the cofactor 8 */
+        dbl(x, z);
+}
+
+int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8_t *out)
+{
+    if (n == 0)
+        return 0;
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
+    fe51 *scratch = malloc(3 * block * sizeof(fe51));
+    if (scratch == NULL)
+        return -1;
+    for (size_t start = 0; start < n; start += block) {
+        const size_t m = n - start < block ? n - start : block;
+        for (size_t i = 0; i < m; i++)
+            point_from_uniform(scratch[i], scratch[block + i],
+                               uniform + (start + i) * count * PSI_H2C_L, count);
+        psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
+    }
+    psi_wipe(scratch, 3 * block * sizeof(fe51));
+    free(scratch);
+    return 0;
+}
+
+int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
+                      const uint8_t *dst_prime, size_t dst_prime_len, int count, uint8_t *out)
+{
+    if (n == 0)
+        return 0;
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
+    fe51 *scratch = malloc(3 * block * sizeof(fe51));
+    if (scratch == NULL)
+        return -1;
+    psi_sha512 zpad;
+    zpad_state(&zpad);
+    uint8_t uniform[2 * PSI_H2C_L];
+    for (size_t start = 0; start < n; start += block) {
+        const size_t m = n - start < block ? n - start : block;
+        for (size_t i = 0; i < m; i++) {
+            const size_t j = start + i;
+            expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime,
+                   dst_prime_len, uniform, (size_t)count * PSI_H2C_L);
+            point_from_uniform(scratch[i], scratch[block + i], uniform, count);
+        }
+        psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
+    }
+    psi_wipe(uniform, sizeof uniform);
+    psi_wipe(scratch, 3 * block * sizeof(fe51));
+    free(scratch);
+    return 0;
+}
