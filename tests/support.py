@@ -45,6 +45,23 @@ class MemoryLedger:
         self.released.append((session_id, release))
 
 
+def rows_in(db: str, table: str) -> int:
+    """How many rows a registry table holds now (``budget_ledger``: sessions charged)."""
+    conn = store.connect(db)
+    try:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def integrity(db: str) -> bool:
+    conn = store.connect(db)
+    try:
+        return store.integrity_ok(conn)
+    finally:
+        conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,11 +18,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from psi_server import store
 from psi_server.service import SERVICE_NAME
 from psi_server.synthetic import advertiser_list, generate
 
-from .support import ServerProcess, free_port, make_registry, psi_match
+from .support import ServerProcess, free_port, make_registry, psi_match, rows_in
 
 pytest.importorskip("distributed")
 
@@ -135,14 +134,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def ledger(db) -> int:
-    conn = store.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0]
-    finally:
-        conn.close()
-
-
 def test_documented_worker_binds_only_the_given_address(tmp_path):
     cluster = Cluster(tmp_path)
     try:
@@ -180,7 +171,7 @@ def test_scheduler_restart(tmp_path, monkeypatch):
         code, out, err = psi_match(server.address, token_file, listing)
         assert code == 7 and out["error"] == "server", err
         assert "cannot compute right now" in out["message"] and "nothing was charged" in out["message"]
-        assert ledger(db) == 1
+        assert rows_in(db, "budget_ledger") == 1
         worker.wait(60)  # a worker stops with its scheduler; a supervisor would restart it
         # past distributed's own reconnection window: the server has to connect afresh
         wait_for(lambda: "closing client" in server.logs(), 30, "the server's Dask client never gave up")
@@ -194,7 +185,7 @@ def test_scheduler_restart(tmp_path, monkeypatch):
                  "the server did not serve again once the cluster was back")
         code, out, err = psi_match(server.address, token_file, listing)
         assert code == 0 and out["noisy_count"] == TRUTH, err
-        assert ledger(db) == 2
+        assert rows_in(db, "budget_ledger") == 2
     finally:
         if server is not None:
             server.stop()

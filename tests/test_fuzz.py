@@ -47,7 +47,7 @@ from psi_server.registry.rows import COLUMNS, MAX_FIELD, PURPOSES, STATES, Impor
 from psi_server.service import ServerConfig, start_server
 from psi_server.synthetic import generate
 
-from .support import free_port, make_registry
+from .support import free_port, integrity, make_registry, rows_in
 
 LIMIT = MAX_GROUP_SIZE  # points per message on the test server (the least it may set)
 DIGEST_LIMIT = 64
@@ -123,22 +123,6 @@ def served(tmp_path_factory):
     running.stop(1)
 
 
-def ledger_rows(db: str) -> int:
-    conn = store.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0]
-    finally:
-        conn.close()
-
-
-def integrity(db: str) -> bool:
-    conn = store.connect(db)
-    try:
-        return store.integrity_ok(conn)
-    finally:
-        conn.close()
-
-
 def auth(token: str) -> tuple:
     return (("authorization", f"Bearer {token}"),)
 
@@ -170,7 +154,7 @@ def call_match(served: Served, start, requests: list):
 
 
 def check_outcome(served: Served, replies, err, before: int) -> None:
-    charged = ledger_rows(served.db) - before
+    charged = rows_in(served.db, "budget_ledger") - before
     accepted = bool(replies) and replies[0].HasField("accepted")
     assert charged == int(accepted)  # charged exactly when accepted, whatever follows
     if err is None:
@@ -386,7 +370,7 @@ def test_match_stream_fuzz(served):
     @given(sessions(served.pool, served.tables))
     def prop(session):
         msgs, honest = session
-        before = ledger_rows(served.db)
+        before = rows_in(served.db, "budget_ledger")
         replies, err = call_match(served, served.stub.Match, msgs)
         check_outcome(served, replies, err, before)
         if honest:
@@ -418,7 +402,7 @@ def test_bearer_token_fuzz(served):
         metadata = (("authorization", scheme + token),)
         if scheme + token == f"Bearer {served.token}":
             return
-        before = ledger_rows(served.db)
+        before = rows_in(served.db, "budget_ledger")
         for call in (
             lambda: list(served.stub.Match(iter([open_message()]), metadata=metadata, timeout=CALL_TIMEOUT)),
             lambda: served.stub.GetBudget(pb.GetBudgetRequest(), metadata=metadata, timeout=CALL_TIMEOUT),
@@ -427,7 +411,7 @@ def test_bearer_token_fuzz(served):
                 call()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
             assert info.value.details()
-        assert ledger_rows(served.db) == before
+        assert rows_in(served.db, "budget_ledger") == before
 
     prop()
     assert served.stub.GetBudget(pb.GetBudgetRequest(), metadata=auth(served.token),
@@ -495,12 +479,12 @@ def test_raw_bytes_on_the_wire(served):
     @given(st.booleans(), st.lists(raw_messages(served.pool), max_size=4))
     def prop(opened, raws):
         requests = ([open_message().SerializeToString()] if opened else []) + raws
-        before = ledger_rows(served.db)
+        before = rows_in(served.db, "budget_ledger")
         replies, err = call_match(served, match, requests)
         if err is not None and (err.code(), err.details()) == UNDECODABLE:
             assert not all(decodes(r) for r in requests)
             accepted = bool(replies) and replies[0].HasField("accepted")
-            assert ledger_rows(served.db) - before == int(accepted)
+            assert rows_in(served.db, "budget_ledger") - before == int(accepted)
         else:
             check_outcome(served, replies, err, before)
 

@@ -18,7 +18,7 @@ from psi_server import store
 from psi_server.service import ServerConfig, start_server
 from psi_server.synthetic import generate
 
-from .support import free_port, make_registry
+from .support import free_port, make_registry, rows_in
 
 N = 120  # client list size, above the minimum of 100
 
@@ -46,14 +46,6 @@ def idle(server):
     while running.service.slots.active() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert running.service.slots.active() == 0
-
-
-def ledger_rows(db) -> int:
-    conn = store.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def unreleased(db) -> int:
@@ -134,10 +126,10 @@ def expect_status(call_or_fn, code, text):
 
 def test_honest_session_works(server):
     db, token, stub, _ = server
-    before, failed = ledger_rows(db), unreleased(db)
+    before, failed = rows_in(db, "budget_ledger"), unreleased(db)
     replies = honest_session(stub, token)
     assert replies[-1].result.noisy_count > 0
-    assert ledger_rows(db) == before + 1 and unreleased(db) == failed
+    assert rows_in(db, "budget_ledger") == before + 1 and unreleased(db) == failed
 
 
 @pytest.mark.parametrize(
@@ -147,13 +139,13 @@ def test_honest_session_works(server):
 )
 def test_authentication(server, metadata, text):
     db, token, stub, _ = server
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     s = Session(stub, token, metadata=metadata)
     s.send(open_msg())
     s.close()
     expect_status(s.replies, grpc.StatusCode.UNAUTHENTICATED, text)
     expect_status(lambda: stub.GetBudget(pb.GetBudgetRequest(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED, text)
-    assert ledger_rows(db) == before
+    assert rows_in(db, "budget_ledger") == before
 
 
 @pytest.mark.parametrize(
@@ -170,22 +162,22 @@ def test_authentication(server, metadata, text):
 )
 def test_bad_open(server, msg, code, text):
     db, token, stub, _ = server
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     s = Session(stub, token)
     s.send(msg)
     s.close()
     expect_status(s.replies, code, text)
-    assert ledger_rows(db) == before
+    assert rows_in(db, "budget_ledger") == before
 
 
 def _after_accept(server, msgs, code, text, opening=None):
     db, token, stub, _ = server
-    before, failed = ledger_rows(db), unreleased(db)
+    before, failed = rows_in(db, "budget_ledger"), unreleased(db)
     s = Session(stub, token)
     s.send(opening or open_msg(), *msgs)
     s.close()
     expect_status(s.replies, code, text)
-    assert ledger_rows(db) == before + 1 and unreleased(db) == failed + 1  # charged, nothing released
+    assert rows_in(db, "budget_ledger") == before + 1 and unreleased(db) == failed + 1  # charged, nothing released
     assert honest_session(stub, token)[-1].result.noisy_count > 0  # still serving
 
 
@@ -236,21 +228,21 @@ def test_repeated_items_are_refused(server):
 )
 def test_bad_returned_set(server, tamper, text):
     db, token, stub, _ = server
-    before, failed = ledger_rows(db), unreleased(db)
+    before, failed = rows_in(db, "budget_ledger"), unreleased(db)
     expect_status(lambda: honest_session(stub, token, tamper=tamper), grpc.StatusCode.INVALID_ARGUMENT, text)
-    assert ledger_rows(db) == before + 1 and unreleased(db) == failed + 1
+    assert rows_in(db, "budget_ledger") == before + 1 and unreleased(db) == failed + 1
 
 
 def test_client_disconnects_halfway(server):
     db, token, stub, running = server
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     s = Session(stub, token)
     s.send(open_msg(), *points_msgs(blinded_points(Key.generate())[:64]))
     next(s.call)  # accepted
     s.call.cancel()
     # The server notices, ends the session (charged: it was accepted), and keeps serving.
     assert honest_session(stub, token)[-1].result.noisy_count > 0
-    assert ledger_rows(db) == before + 2
+    assert rows_in(db, "budget_ledger") == before + 2
 
 
 def test_stream_ends_early(server):
@@ -280,11 +272,11 @@ def test_undecodable_message(server):
     chan = grpc.insecure_channel(f"127.0.0.1:{server[3].port}")
     match = chan.stream_stream("/psi.v2.Matcher/Match", request_serializer=lambda b: b,
                                response_deserializer=pb.ServerMessage.FromString)
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     call = match(iter([b"\x12\x05abc"]), metadata=(("authorization", f"Bearer {token}"),), timeout=30)
     expect_status(lambda: list(call), grpc.StatusCode.INVALID_ARGUMENT, "not a valid psi.v2.ClientMessage")
     chan.close()
-    assert ledger_rows(db) == before
+    assert rows_in(db, "budget_ledger") == before
 
 
 @pytest.mark.parametrize("method", ["Match", "GetBudget"])
@@ -299,8 +291,8 @@ def test_version_1_clients_are_told_which_version_to_use(server, method):
     else:
         call = chan.unary_unary(path, request_serializer=lambda b: b, response_deserializer=bytes)
         fn = lambda: call(b"", metadata=(("authorization", f"Bearer {token}"),), timeout=30)  # noqa: E731
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     err = expect_status(fn, grpc.StatusCode.FAILED_PRECONDITION, "protocol version 2 (psi.v2.Matcher)")
     assert "upgrade psi-match" in err.details() and "\n" not in err.details()
     chan.close()
-    assert ledger_rows(db) == before
+    assert rows_in(db, "budget_ledger") == before

@@ -26,7 +26,7 @@ from psi_server import advertisers, store
 from psi_server.registry import imports
 from psi_server.synthetic import advertiser_list, generate, write_csv
 
-from .support import CLIENT, SERVER, ServerProcess, free_port, make_registry, psi_match
+from .support import CLIENT, SERVER, ServerProcess, free_port, integrity, make_registry, psi_match, rows_in
 
 pytestmark = pytest.mark.slow
 
@@ -43,27 +43,7 @@ def match(config, items, epsilon):
     return match_items(config, items, np.arange(len(items)), len(items), ["email"], epsilon)
 
 
-def count(db, table):
-    conn = store.connect(db)
-    try:
-        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        conn.close()
-
-
-def ledger(db):
-    return count(db, "budget_ledger")
-
-
 OPEN = pb.ClientMessage(open=pb.Open(protocol_version=2, id_types=["email"], n_groups=500, n_items=500, epsilon=0.1))
-
-
-def integrity(db):
-    conn = store.connect(db)
-    try:
-        return store.integrity_ok(conn)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -86,14 +66,14 @@ def test_client_killed_mid_upload(world):
                                           "--min-table-size", "10", str(big)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while not count(db, "sessions"):  # accepted: the upload starts now
+        while not rows_in(db, "sessions"):  # accepted: the upload starts now
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         code, out, err = psi_match(server.address, token_file, listing)
         assert code == 0 and out["noisy_count"] == TRUTH, err
-        assert ledger(db) == 2 and count(db, "releases") == 1  # the killed session paid, released nothing
+        assert rows_in(db, "budget_ledger") == 2 and rows_in(db, "releases") == 1  # the killed session paid, released nothing
     finally:
         server.stop()
     assert integrity(db)
@@ -135,7 +115,7 @@ def test_server_killed_mid_session_then_restarted(world):
         list(call)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     chan.close()
-    assert ledger(db) == 1 and count(db, "releases") == 0 and integrity(db)
+    assert rows_in(db, "budget_ledger") == 1 and rows_in(db, "releases") == 0 and integrity(db)
     server = ServerProcess(db, tmp, "--unsafe-exact-counts", "--min-list-size", "10")
     try:
         code, out, err = psi_match(server.address, token_file, listing)
@@ -165,7 +145,7 @@ def test_sigterm_lets_running_session_finish(world):
     assert server.proc.wait(30) == 0
     server.stop()
     chan.close()
-    assert "shutting down" in server.logs() and ledger(db) == 1
+    assert "shutting down" in server.logs() and rows_in(db, "budget_ledger") == 1
 
 
 def test_locked_database_delays_the_charge_then_succeeds(world):
@@ -182,7 +162,7 @@ def test_locked_database_delays_the_charge_then_succeeds(world):
         assert time.monotonic() - started >= 2.5  # it waited for the lock, then charged
         holder.join()
         blocker.close()
-        assert ledger(db) == 1
+        assert rows_in(db, "budget_ledger") == 1
     finally:
         server.stop()
     assert integrity(db)
@@ -206,7 +186,7 @@ def test_database_locked_past_the_timeout_charges_nothing(world, monkeypatch):
     finally:
         blocker.close()
         running.stop(1)
-    assert ledger(db) == 1 and integrity(db)
+    assert rows_in(db, "budget_ledger") == 1 and integrity(db)
 
 
 def test_import_concurrent_with_sessions(world):

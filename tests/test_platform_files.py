@@ -21,11 +21,10 @@ from pathlib import Path
 import phonenumbers
 import pytest
 from psi_client.input import InputError, OptionError, read_customers
-from psi_server import store
 from psi_server.synthetic import generate
 
 from .customer_oracle import check_list, encoding_of, expected
-from .support import CLIENT, ServerProcess, make_registry
+from .support import CLIENT, ServerProcess, make_registry, rows_in
 
 DATA = Path(__file__).parent / "data"
 EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
@@ -210,14 +209,6 @@ def values_of(case: str, id_type: str) -> tuple[set[str], int]:
     return {k for r in rows for t, k in r if t == id_type}, rejected[id_type]
 
 
-def ledger_rows(db: str) -> int:
-    conn = store.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM budget_ledger").fetchone()[0]
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     """A registry holding, with consent, half the X emails and TikTok phones; a quarter
@@ -276,10 +267,10 @@ def test_customers_with_an_email_and_a_phone_count_once_in_one_charged_session(p
     reachable = {encoding_of(t, v) for t, v in matchable}
     both = sum(1 for c in customers if len({e[:5] for e in c & reachable}) == 2)
     assert both > 0  # some customers are reachable by their email and their phone
-    before = ledger_rows(db)
+    before = rows_in(db, "budget_ledger")
     code, out, err = run_match(server, token, "--email-column", "Email", "--phone-column", "Phone",
                                "--country-column", "Country", str(DATA / "google_customer_match.csv"))
     assert code == 0, err
     assert out["noisy_count"] == sum(1 for c in customers if c & reachable)
     assert out["n_customers"] == len(customers) and set(out["identifiers"]) == {"email", "phone"}
-    assert ledger_rows(db) == before + 1
+    assert rows_in(db, "budget_ledger") == before + 1
