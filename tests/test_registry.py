@@ -244,12 +244,14 @@ def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path, ca
     assert "upgrading the registry schema to version 2" in caplog.text
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     assert store.integrity_ok(conn)
-    assert not conn.execute("SELECT name FROM sqlite_schema WHERE name = 'points'").fetchall()
-    kept = dict(conn.execute("SELECT value_hash, point FROM identifiers"))
-    assert kept == {values[0]: points[0].tobytes(), values[2]: points[2].tobytes()}
+    # every held value keeps its point, once, with the number of identifiers holding it
+    kept = {v: (p, n) for v, p, n in conn.execute("SELECT value_hash, point, holders FROM points")}
+    assert kept == {values[0]: (points[0].tobytes(), 2), values[2]: (points[2].tobytes(), 1)}
+    assert "point" not in [c[1] for c in conn.execute("PRAGMA table_info(identifiers)")]
     assert table(str(path)) == points_of("email", [values[0]])
-    with pytest.raises(Exception, match="32-byte point"):
-        conn.execute("UPDATE identifiers SET point = NULL WHERE id = 1")
+    with pytest.raises(Exception, match="needs its hashed point"):
+        conn.execute("INSERT INTO identifiers (user_id, id_type, value_hash) VALUES ('u0', 'email', ?)",
+                     (values[1],))
 
     # an import after the upgrade reuses the stored point instead of hashing again
     report = import_rows(conn, [("u2", "email", email(2), "account", "granted", "2026-01-02T00:00:00Z")])

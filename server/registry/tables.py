@@ -50,7 +50,10 @@ SELECT id_type, id FROM (
     # join would make SQLite compute every chosen row before returning the first, and the
     # reader would wait for that instead of starting on the first batch.
     return f"""
-SELECT c.id, c.id_type, (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
+SELECT c.id, c.id_type,
+       (SELECT p.point FROM identifiers AS i
+          JOIN points AS p ON p.id_type = i.id_type AND p.value_hash = i.value_hash
+         WHERE i.id = c.id)
   FROM ({chosen}) AS c
 """
 
