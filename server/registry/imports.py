@@ -195,7 +195,8 @@ def import_file(
     conn.execute(f"ATTACH DATABASE '' AS {_STAGE}")
     try:
         conn.execute(f"PRAGMA {_STAGE}.cache_size = -{APPLY_CACHE_KIB}")
-        conn.execute(_STAGING)
+        for statement in (_STAGING, *_KEYED):
+            conn.execute(statement)
         try:
             if fmt == "jsonl":
                 layout, batches = None, jsonl_batches(digested, BATCH)
@@ -241,6 +242,8 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool) -> bool:
         # The import's own database only: no lock on the registry is taken.
         with transaction(conn, immediate=False):
             conn.executemany(f"INSERT INTO {_STAGE}.rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            for statement in _KEYING:  # rows are numbered from 1, in order
+                conn.execute(statement, (report.imported_rows + 1,))
         report.imported_rows += len(rows)
 
     if hashing:
@@ -266,41 +269,43 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool) -> bool:
     return removals
 
 
+# The file's rows keyed as the registry's tables are written, filled batch by batch
+# while the pool reads ahead (this process would otherwise wait for it), so that the
+# final transaction reads each in order.
+_KEYED = (
+    f"""CREATE TABLE {_STAGE}.granting (user_id, id_type, value_hash, purpose,
+        PRIMARY KEY (user_id, id_type, value_hash, purpose)) WITHOUT ROWID""",
+    # A user is created by a row that adds (and then takes every consent event the
+    # file has for them); consent events of users the registry does not hold are not kept.
+    f"CREATE TABLE {_STAGE}.adding_users (user_id PRIMARY KEY) WITHOUT ROWID",
+    f"""CREATE TABLE {_STAGE}.consenting (user_id, effective_at, state,
+        PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID""",
+)
+_GRANTING = (
+    f"INSERT OR IGNORE INTO {_STAGE}.granting SELECT user_id, id_type, value_hash, purpose "
+    "FROM {rows} WHERE action = 'add' AND rowid >= ?"
+)
+_KEYING = (
+    _GRANTING.format(rows=f"{_STAGE}.rows"),
+    f"INSERT OR IGNORE INTO {_STAGE}.adding_users SELECT user_id FROM {_STAGE}.rows "
+    "WHERE action = 'add' AND rowid >= ?",
+    f"INSERT OR IGNORE INTO {_STAGE}.consenting SELECT user_id, effective_at, consent "
+    f"FROM {_STAGE}.rows WHERE rowid >= ?",
+)
+
+
 def _prepare(conn: sqlite3.Connection, report: ImportReport, removals: bool) -> None:
-    """What depends on the file alone, before the registry is locked: its distinct rows,
-    purposes added and consent events, each keyed so that it is read in the order the
-    registry's tables are written."""
+    """The rest of what depends on the file alone, before the registry is locked."""
     distinct = conn.execute(
         f"SELECT COUNT(*) FROM (SELECT DISTINCT {_ROW} FROM {_STAGE}.rows)"
     ).fetchone()[0]
     report.duplicate_rows = report.imported_rows - distinct
     report.imported_rows = distinct
     if removals:
+        # Only each identifier and purpose's latest row adds it.
         _net_purposes(conn)
-    added = f"{_STAGE}.net" if removals else f"{_STAGE}.rows"
-    conn.execute(
-        f"CREATE TABLE {_STAGE}.granting (user_id, id_type, value_hash, purpose, "
-        "PRIMARY KEY (user_id, id_type, value_hash, purpose)) WITHOUT ROWID"
-    )
-    conn.execute(
-        f"INSERT OR IGNORE INTO {_STAGE}.granting "
-        f"SELECT user_id, id_type, value_hash, purpose FROM {added} WHERE action = 'add'"
-    )
-    # A user is created by a row that adds (and then takes every consent event the file
-    # has for them); consent events of users the registry does not hold are not kept.
-    conn.execute(f"CREATE TABLE {_STAGE}.adding_users (user_id PRIMARY KEY) WITHOUT ROWID")
-    conn.execute(
-        f"INSERT OR IGNORE INTO {_STAGE}.adding_users "
-        f"SELECT user_id FROM {_STAGE}.rows WHERE action = 'add'"
-    )
-    conn.execute(
-        f"CREATE TABLE {_STAGE}.consenting (user_id, effective_at, state, "
-        "PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID"
-    )
-    conn.execute(
-        f"INSERT OR IGNORE INTO {_STAGE}.consenting "
-        f"SELECT user_id, effective_at, consent FROM {_STAGE}.rows"
-    )
+        conn.execute(f"DELETE FROM {_STAGE}.granting")
+        conn.execute(_GRANTING.format(rows=f"{_STAGE}.net"), (0,))
 
 
 @contextmanager
