@@ -34,7 +34,7 @@ def reference_import(conn, data: bytes, name: str) -> None:
         for statement in (imports._STAGING, *imports._KEYED):
             conn.execute(statement)
         layout, batches = rows.csv_batches(io.BytesIO(data), imports.BATCH)
-        removals = imports._stage(conn, layout, batches, imports.ImportReport(), "US", InlineExecutor())
+        removals, _ = imports._stage(conn, layout, batches, imports.ImportReport(), "US", InlineExecutor())
         added = f"{STAGE}.rows"
         if removals:
             imports._net_purposes(conn)
@@ -190,5 +190,5 @@ def test_a_failed_final_transaction_leaves_the_registry_and_its_triggers_as_they
     other.execute("ROLLBACK")
     other.close()
     assert contents(sets, 0) == before
-    assert sets.execute("PRAGMA database_list").fetchall() == [(0, "main", str(tmp_path / "sets.db"))]
+    assert STAGE not in [name for _, name, _ in sets.execute("PRAGMA database_list")]
     sets.close()

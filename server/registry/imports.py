@@ -30,7 +30,7 @@ import numpy as np
 
 from psi import hash_to_curve
 from psi.identifiers import ID_TYPES
-from psi.parallel import Executor, get_executor, imap
+from psi.parallel import Executor, cpu_count, get_executor, imap
 from psi.records import MalformedFile
 
 from ..store import transaction
@@ -202,7 +202,7 @@ def import_file(
                 layout, batches = None, jsonl_batches(digested, BATCH)
             else:
                 layout, batches = csv_batches(digested, BATCH)
-            removals = _stage(conn, layout, batches, report, region, pool)
+            removals, hashing = _stage(conn, layout, batches, report, region, pool)
         except MalformedFile as exc:
             raise ImportFileError(str(exc)) from None
         report.errors.sort()
@@ -211,21 +211,27 @@ def import_file(
             on_apply(report.imported_rows)
         _prepare(conn, report, removals)
         (cache,) = conn.execute("PRAGMA main.cache_size").fetchone()
+        (threads,) = conn.execute("PRAGMA threads").fetchone()
         conn.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
+        # Sorting (grouping the file's rows by value, say) on every core.
+        conn.execute(f"PRAGMA threads = {cpu_count()}")
         try:
             start = time.perf_counter()
-            _apply(conn, Source("import", source, digested.sha.digest()), report, removals)
+            _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
             report.apply_seconds = time.perf_counter() - start
         finally:
             conn.execute(f"PRAGMA main.cache_size = {cache}")
+            conn.execute(f"PRAGMA threads = {threads}")
     finally:
         conn.execute(f"DETACH DATABASE {_STAGE}")
+        for table in ("new_events", "user_events", "new_values", "new_purposes"):
+            conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
     return report
 
 
-def _stage(conn, layout, batches, report: ImportReport, region, pool) -> bool:
+def _stage(conn, layout, batches, report: ImportReport, region, pool) -> tuple[bool, bool]:
     """Validate, hash and stage every row (the registry's tables are not touched).
-    Returns whether any row withdraws a purpose."""
+    Returns whether any row withdraws a purpose, and whether every value was hashed."""
     latest = latest_accepted()
     # An empty registry (a first load) has no point to reuse: each batch is then hashed
     # in the task that reads it, with no lookup in between.
@@ -250,7 +256,7 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool) -> bool:
         for batch in read:
             stage(batch, batch.staged)
             report.points_hashed += batch.hashed
-        return removals
+        return removals, True
 
     pending: deque[tuple[_Read, list[tuple[str, bytes]]]] = deque()
 
@@ -266,7 +272,7 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool) -> bool:
         fresh = {key: p.tobytes() for key, p in zip(missing, points)}
         stage(batch, [(*r, fresh.get((r[1], r[2]))) for r in batch.staged])
         report.points_hashed += len(missing)
-    return removals
+    return removals, False
 
 
 # The file's rows keyed as the registry's tables are written, filled batch by batch
@@ -326,7 +332,9 @@ def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Itera
         conn.execute(sql)
 
 
-def _apply(conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool) -> None:
+def _apply(
+    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool, hashing: bool
+) -> None:
     with recording(conn, source) as source_id, _triggers_dropped(conn, _SET_BASED):
         (base,) = conn.execute(
             "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
@@ -335,7 +343,7 @@ def _apply(conn: sqlite3.Connection, source: Source, report: ImportReport, remov
         (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
         _new_events(conn)
         _add_users(conn)
-        _add_identifiers(conn, base, removals)
+        _add_identifiers(conn, base, removals, hashing)
         _add_purposes(conn, source_id)
         if removals:
             _withdraw(conn, report)
@@ -357,12 +365,12 @@ def _new_events(conn: sqlite3.Connection) -> None:
     date order and are distinct, so a grant is dated after each earlier one of the file:
     only the registry's latest date (``before_at``) can keep it from taking effect."""
     conn.execute(
-        f"CREATE TABLE {_STAGE}.new_events (user_id, effective_at, state, "
+        "CREATE TABLE temp.new_events (user_id, effective_at, state, "
         "before, before_at, known, applies, "
         "PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID"
     )
     conn.execute(
-        f"INSERT INTO {_STAGE}.new_events "
+        "INSERT INTO temp.new_events "
         "SELECT c.user_id, c.effective_at, c.state, u.ads_matching, u.consent_effective_at, "
         "u.user_id IS NOT NULL, c.state = 'revoked' OR u.consent_effective_at IS NULL "
         "OR c.effective_at > u.consent_effective_at "
@@ -376,27 +384,31 @@ def _new_events(conn: sqlite3.Connection) -> None:
     )
 
 
-# Each user's last event that takes effect decides; the date kept is the latest seen.
-# (Dates have a fixed width, so the text of date and state orders as the pair does.)
-_LAST_EVENT = (
-    "SELECT user_id, substr(MAX(effective_at || state), length(MAX(effective_at)) + 1) AS state, "
-    "MAX(effective_at) AS effective_at FROM {stage}.new_events WHERE applies AND {which} "
-    "GROUP BY user_id"
-)
-
-
 def _add_users(conn: sqlite3.Connection) -> None:
-    """Users the registry did not hold, with their consent as their events leave it
-    (every event of a new user takes effect)."""
+    """Each user's events that take effect, summed up; users the registry did not hold,
+    with their consent as their events leave it (every event of a new user takes
+    effect)."""
+    # The last event that takes effect decides; the date kept is the latest seen. (Dates
+    # have a fixed width, so the text of date and state orders as the pair does.)
+    conn.execute(
+        "CREATE TABLE temp.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
+        "known, before) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO temp.user_events SELECT user_id, COUNT(*), "
+        "substr(MAX(effective_at || state), length(MAX(effective_at)) + 1), MAX(effective_at), "
+        "known, before FROM temp.new_events WHERE applies GROUP BY user_id"
+    )
     conn.execute(
         "INSERT INTO users (user_id, ads_matching, consent_effective_at) "
-        + _LAST_EVENT.format(stage=_STAGE, which="NOT known")
+        "SELECT user_id, state, effective_at FROM temp.user_events WHERE NOT known"
     )
 
 
-def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool) -> None:
+def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashing: bool) -> None:
     """New identifiers, numbered past every id ever used (the history names identifiers
-    by id), their history rows, and their values' points."""
+    by id), their history rows, and their values' points. ``hashing``: every value the
+    file adds was hashed (the registry held no point when the import began)."""
     # In file order, so that the identifiers a user's cap keeps are the first listed;
     # the first row of each identifier numbers it.
     kept = (
@@ -416,40 +428,39 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool) -> Non
         "SELECT id, user_id, id_type FROM identifiers WHERE id > ? ORDER BY id",
         (base,),
     )
-    conn.execute(
-        f"CREATE TABLE {_STAGE}.new_values (id_type, value_hash, point, holders, "
-        "PRIMARY KEY (id_type, value_hash)) WITHOUT ROWID"
+    # Each value's new holders: the identifiers just numbered by their first row, read
+    # in id order. (A value the registry already held was not hashed again: its rows
+    # have no point.)
+    new_values = (
+        "SELECT s.id_type, s.value_hash, MAX(s.point) AS point, COUNT(*) AS holders "
+        f"FROM {_STAGE}.rows AS s "
+        "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = :base + s.rowid) "
+        "GROUP BY s.id_type, s.value_hash"
     )
-    # A value the registry already held was not hashed again: its row has no point.
-    conn.execute(
-        f"INSERT INTO {_STAGE}.new_values "
-        "SELECT i.id_type, i.value_hash, MAX(s.point), COUNT(*) FROM identifiers AS i "
-        f"JOIN {_STAGE}.rows AS s ON s.rowid = i.id - :base WHERE i.id > :base "
-        "GROUP BY i.id_type, i.value_hash",
-        {"base": base},
-    )
-    conn.execute(
-        "UPDATE points SET holders = points.holders + n.holders "
-        f"FROM {_STAGE}.new_values AS n "
-        "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
-    )
-    # A value whose point was stored when its batch was read, and removed since (its
-    # last holder erased, say), is hashed now.
-    lost = conn.execute(
-        f"SELECT id_type, value_hash FROM {_STAGE}.new_values AS n WHERE point IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM points AS p "
-        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
-    ).fetchall()
-    if lost:
+    if not hashing:
+        conn.execute(f"CREATE TABLE temp.new_values AS {new_values}", {"base": base})
+        new_values = "SELECT * FROM temp.new_values"
+        conn.execute(
+            "UPDATE points SET holders = points.holders + n.holders FROM temp.new_values AS n "
+            "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
+        )
+        # A value whose point was stored when its batch was read, and removed since
+        # (its last holder erased, say), is hashed now.
+        lost = conn.execute(
+            "SELECT id_type, value_hash FROM temp.new_values AS n WHERE point IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM points AS p "
+            "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
+        ).fetchall()
         conn.executemany(
-            f"UPDATE {_STAGE}.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
+            "UPDATE temp.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
             [(p.tobytes(), t, h) for (t, h), p in zip(lost, _hash_batch(lost))],
         )
     conn.execute(
         "INSERT INTO points (id_type, value_hash, point, holders) "
-        f"SELECT id_type, value_hash, point, holders FROM {_STAGE}.new_values AS n "
+        f"SELECT id_type, value_hash, point, holders FROM ({new_values}) AS n "
         "WHERE NOT EXISTS (SELECT 1 FROM points AS p "
-        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
+        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)",
+        {"base": base},
     )
 
 
@@ -457,11 +468,11 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     """Purposes the file adds that identifiers did not hold, with their history, and a
     change for every identifier of their users (the cap may now pick another)."""
     conn.execute(
-        f"CREATE TABLE {_STAGE}.new_purposes (identifier_id, purpose, user_id, "
+        "CREATE TABLE temp.new_purposes (identifier_id, purpose, user_id, "
         "PRIMARY KEY (identifier_id, purpose)) WITHOUT ROWID"
     )
     conn.execute(
-        f"INSERT INTO {_STAGE}.new_purposes "
+        "INSERT INTO temp.new_purposes "
         "SELECT i.id, s.purpose, i.user_id "
         f"FROM {_STAGE}.granting AS s JOIN identifiers AS i ON {_SAME_IDENTIFIER} "
         "WHERE NOT EXISTS (SELECT 1 FROM identifier_purposes AS p "
@@ -469,16 +480,16 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     )
     conn.execute(
         "INSERT INTO identifier_purposes (identifier_id, purpose) "
-        f"SELECT identifier_id, purpose FROM {_STAGE}.new_purposes"
+        f"SELECT identifier_id, purpose FROM temp.new_purposes"
     )
     conn.execute(
         "INSERT INTO purpose_changes (identifier_id, purpose, held, source_id) "
-        f"SELECT identifier_id, purpose, 1, ? FROM {_STAGE}.new_purposes",
+        f"SELECT identifier_id, purpose, 1, ? FROM temp.new_purposes",
         (source_id,),
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_STAGE}.new_purposes AS n "
+        f"SELECT i.id FROM temp.new_purposes AS n "
         "JOIN identifiers AS i ON i.user_id = n.user_id"
     )
 
@@ -489,29 +500,37 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     were recorded."""
     conn.execute(
         "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
-        f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_STAGE}.new_events",
+        "SELECT user_id, 'ads_matching', state, effective_at, ? FROM temp.new_events",
+        (source_id,),
+    )
+    # A change wherever the state differs from the one before: for a user with one
+    # event taking effect (most), the registry's; for the others, the previous event's.
+    conn.execute(
+        "INSERT INTO consent_changes (user_id, state, source_id) "
+        "SELECT user_id, state, ? FROM temp.user_events "
+        "WHERE taking = 1 AND (before IS NULL OR before <> state)",
         (source_id,),
     )
     conn.execute(
         "INSERT INTO consent_changes (user_id, state, source_id) "
         "SELECT user_id, state, ? FROM ("
-        " SELECT user_id, state, LAG(state, 1, before) OVER ("
-        "  PARTITION BY user_id ORDER BY effective_at, state) AS prior"
-        f" FROM {_STAGE}.new_events WHERE applies) "
+        " SELECT e.user_id, e.state, LAG(e.state, 1, e.before) OVER ("
+        "  PARTITION BY e.user_id ORDER BY e.effective_at, e.state) AS prior"
+        " FROM temp.new_events AS e JOIN temp.user_events AS u ON u.user_id = e.user_id"
+        " WHERE e.applies AND u.taking > 1) "
         "WHERE prior IS NULL OR prior <> state",
         (source_id,),
     )
     conn.execute(
         "UPDATE users SET ads_matching = a.state, "
         "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
-        f"FROM ({_LAST_EVENT.format(stage=_STAGE, which='known')}) AS a "
-        "WHERE users.user_id = a.user_id"
+        "FROM temp.user_events AS a WHERE a.known AND users.user_id = a.user_id"
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_STAGE}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
+        "SELECT i.id FROM temp.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
     )
-    return conn.execute(f"SELECT COUNT(*) FROM {_STAGE}.new_events").fetchone()[0]
+    return conn.execute("SELECT COUNT(*) FROM temp.new_events").fetchone()[0]
 
 
 def _net_purposes(conn: sqlite3.Connection) -> None:
