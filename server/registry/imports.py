@@ -3,7 +3,7 @@
 An import is staged first and applied in one transaction at the end: a file whose last
 line revokes a consent granted on its first line must never be half applied, and a
 failure (bad disk, killed process) leaves the registry exactly as it was. A value the
-registry already holds is not hashed again: its stored point is copied at the end.
+registry already holds is not hashed again: its stored point serves the new identifier.
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
@@ -55,7 +55,7 @@ MAX_REPORTED_ERRORS = 1000
 # Pages SQLite may keep in memory while an import applies (KiB). The final transaction
 # writes several tables' worth of new rows; with room for them, no page is written out
 # and read back before the commit.
-APPLY_CACHE_KIB = 256 * 1024
+APPLY_CACHE_KIB = 64 * 1024
 
 
 @dataclass
@@ -210,22 +210,24 @@ def import_file(
         if on_apply is not None:
             on_apply(report.imported_rows)
         _prepare(conn, report, removals)
-        (cache,) = conn.execute("PRAGMA main.cache_size").fetchone()
-        (threads,) = conn.execute("PRAGMA threads").fetchone()
+        settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+                    for p in ("main.cache_size", "threads", "wal_autocheckpoint")}
         conn.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
         # Sorting (grouping the file's rows by value, say) on every core.
         conn.execute(f"PRAGMA threads = {cpu_count()}")
+        # The log is copied into the main file after the commit, as the commit would
+        # have done, but outside the time other writers wait for (they do not wait for it).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
             start = time.perf_counter()
             _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
             report.apply_seconds = time.perf_counter() - start
         finally:
-            conn.execute(f"PRAGMA main.cache_size = {cache}")
-            conn.execute(f"PRAGMA threads = {threads}")
+            for pragma, value in settings.items():
+                conn.execute(f"PRAGMA {pragma} = {value}")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     finally:
         conn.execute(f"DETACH DATABASE {_STAGE}")
-        for table in ("new_events", "user_events", "new_values", "new_purposes"):
-            conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
     return report
 
 
@@ -365,12 +367,12 @@ def _new_events(conn: sqlite3.Connection) -> None:
     date order and are distinct, so a grant is dated after each earlier one of the file:
     only the registry's latest date (``before_at``) can keep it from taking effect."""
     conn.execute(
-        "CREATE TABLE temp.new_events (user_id, effective_at, state, "
+        f"CREATE TABLE {_STAGE}.new_events (user_id, effective_at, state, "
         "before, before_at, known, applies, "
         "PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID"
     )
     conn.execute(
-        "INSERT INTO temp.new_events "
+        f"INSERT INTO {_STAGE}.new_events "
         "SELECT c.user_id, c.effective_at, c.state, u.ads_matching, u.consent_effective_at, "
         "u.user_id IS NOT NULL, c.state = 'revoked' OR u.consent_effective_at IS NULL "
         "OR c.effective_at > u.consent_effective_at "
@@ -391,17 +393,17 @@ def _add_users(conn: sqlite3.Connection) -> None:
     # The last event that takes effect decides; the date kept is the latest seen. (Dates
     # have a fixed width, so the text of date and state orders as the pair does.)
     conn.execute(
-        "CREATE TABLE temp.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
+        f"CREATE TABLE {_STAGE}.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
         "known, before) WITHOUT ROWID"
     )
     conn.execute(
-        "INSERT INTO temp.user_events SELECT user_id, COUNT(*), "
+        f"INSERT INTO {_STAGE}.user_events SELECT user_id, COUNT(*), "
         "substr(MAX(effective_at || state), length(MAX(effective_at)) + 1), MAX(effective_at), "
-        "known, before FROM temp.new_events WHERE applies GROUP BY user_id"
+        f"known, before FROM {_STAGE}.new_events WHERE applies GROUP BY user_id"
     )
     conn.execute(
         "INSERT INTO users (user_id, ads_matching, consent_effective_at) "
-        "SELECT user_id, state, effective_at FROM temp.user_events WHERE NOT known"
+        f"SELECT user_id, state, effective_at FROM {_STAGE}.user_events WHERE NOT known"
     )
 
 
@@ -438,21 +440,21 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashin
         "GROUP BY s.id_type, s.value_hash"
     )
     if not hashing:
-        conn.execute(f"CREATE TABLE temp.new_values AS {new_values}", {"base": base})
-        new_values = "SELECT * FROM temp.new_values"
+        conn.execute(f"CREATE TABLE {_STAGE}.new_values AS {new_values}", {"base": base})
+        new_values = f"SELECT * FROM {_STAGE}.new_values"
         conn.execute(
-            "UPDATE points SET holders = points.holders + n.holders FROM temp.new_values AS n "
+            f"UPDATE points SET holders = points.holders + n.holders FROM {_STAGE}.new_values AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
         # A value whose point was stored when its batch was read, and removed since
         # (its last holder erased, say), is hashed now.
         lost = conn.execute(
-            "SELECT id_type, value_hash FROM temp.new_values AS n WHERE point IS NULL "
+            f"SELECT id_type, value_hash FROM {_STAGE}.new_values AS n WHERE point IS NULL "
             "AND NOT EXISTS (SELECT 1 FROM points AS p "
             "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
         ).fetchall()
         conn.executemany(
-            "UPDATE temp.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
+            f"UPDATE {_STAGE}.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
             [(p.tobytes(), t, h) for (t, h), p in zip(lost, _hash_batch(lost))],
         )
     conn.execute(
@@ -468,11 +470,11 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     """Purposes the file adds that identifiers did not hold, with their history, and a
     change for every identifier of their users (the cap may now pick another)."""
     conn.execute(
-        "CREATE TABLE temp.new_purposes (identifier_id, purpose, user_id, "
+        f"CREATE TABLE {_STAGE}.new_purposes (identifier_id, purpose, user_id, "
         "PRIMARY KEY (identifier_id, purpose)) WITHOUT ROWID"
     )
     conn.execute(
-        "INSERT INTO temp.new_purposes "
+        f"INSERT INTO {_STAGE}.new_purposes "
         "SELECT i.id, s.purpose, i.user_id "
         f"FROM {_STAGE}.granting AS s JOIN identifiers AS i ON {_SAME_IDENTIFIER} "
         "WHERE NOT EXISTS (SELECT 1 FROM identifier_purposes AS p "
@@ -480,16 +482,16 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     )
     conn.execute(
         "INSERT INTO identifier_purposes (identifier_id, purpose) "
-        f"SELECT identifier_id, purpose FROM temp.new_purposes"
+        f"SELECT identifier_id, purpose FROM {_STAGE}.new_purposes"
     )
     conn.execute(
         "INSERT INTO purpose_changes (identifier_id, purpose, held, source_id) "
-        f"SELECT identifier_id, purpose, 1, ? FROM temp.new_purposes",
+        f"SELECT identifier_id, purpose, 1, ? FROM {_STAGE}.new_purposes",
         (source_id,),
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM temp.new_purposes AS n "
+        f"SELECT i.id FROM {_STAGE}.new_purposes AS n "
         "JOIN identifiers AS i ON i.user_id = n.user_id"
     )
 
@@ -500,14 +502,14 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     were recorded."""
     conn.execute(
         "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
-        "SELECT user_id, 'ads_matching', state, effective_at, ? FROM temp.new_events",
+        f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_STAGE}.new_events",
         (source_id,),
     )
     # A change wherever the state differs from the one before: for a user with one
     # event taking effect (most), the registry's; for the others, the previous event's.
     conn.execute(
         "INSERT INTO consent_changes (user_id, state, source_id) "
-        "SELECT user_id, state, ? FROM temp.user_events "
+        f"SELECT user_id, state, ? FROM {_STAGE}.user_events "
         "WHERE taking = 1 AND (before IS NULL OR before <> state)",
         (source_id,),
     )
@@ -516,7 +518,7 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
         "SELECT user_id, state, ? FROM ("
         " SELECT e.user_id, e.state, LAG(e.state, 1, e.before) OVER ("
         "  PARTITION BY e.user_id ORDER BY e.effective_at, e.state) AS prior"
-        " FROM temp.new_events AS e JOIN temp.user_events AS u ON u.user_id = e.user_id"
+        f" FROM {_STAGE}.new_events AS e JOIN {_STAGE}.user_events AS u ON u.user_id = e.user_id"
         " WHERE e.applies AND u.taking > 1) "
         "WHERE prior IS NULL OR prior <> state",
         (source_id,),
@@ -524,13 +526,13 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     conn.execute(
         "UPDATE users SET ads_matching = a.state, "
         "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
-        "FROM temp.user_events AS a WHERE a.known AND users.user_id = a.user_id"
+        f"FROM {_STAGE}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        "SELECT i.id FROM temp.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
+        f"SELECT i.id FROM {_STAGE}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
     )
-    return conn.execute("SELECT COUNT(*) FROM temp.new_events").fetchone()[0]
+    return conn.execute(f"SELECT COUNT(*) FROM {_STAGE}.new_events").fetchone()[0]
 
 
 def _net_purposes(conn: sqlite3.Connection) -> None:
