@@ -19,6 +19,7 @@ from psi_server import store
 from psi_server.registry import changes, imports, rows
 from psi_server.registry.sources import Source, recording
 
+from psi import hash_to_curve
 from psi.parallel import InlineExecutor
 
 from . import registry_model as model
@@ -192,3 +193,41 @@ def test_a_failed_final_transaction_leaves_the_registry_and_its_triggers_as_they
     assert contents(sets, 0) == before
     assert STAGE not in [name for _, name, _ in sets.execute("PRAGMA database_list")]
     sets.close()
+
+
+def points_are_held(conn) -> None:
+    """Every identifier's value has its point, computed apart, counted once per holder."""
+    held = Counter(conn.execute("SELECT id_type, value_hash FROM identifiers"))
+    stored = {(t, v): (p, n) for t, v, p, n in conn.execute("SELECT * FROM points")}
+    assert {k: n for k, (_, n) in stored.items()} == dict(held)
+    keys = sorted(stored)
+    expected = hash_to_curve([t.encode() + b"\x00" + v for t, v in keys], workers=1)
+    assert [stored[k][0] for k in keys] == [p.tobytes() for p in expected]
+
+
+def test_points_stored_or_removed_while_a_file_is_read(tmp_path):
+    """Between reading a file and its final transaction, another import stores the point
+    of a value the file adds (found none, so hashed it too), or an erasure removes the
+    point of a value the file found stored (so did not hash): the counts stay exact and
+    the lost point is hashed in the final transaction."""
+    path = tmp_path / "r.db"
+    store.init(path)
+    conn, other = store.connect(path), store.connect(path)
+
+    def csv(user: int, value: int) -> io.BytesIO:
+        return io.BytesIO(csv_of([model.Row(user, value, "account", "granted", 1, "add", False)]))
+
+    report = imports.import_file(conn, csv(1, 0), "csv", "first", workers=1,
+                                 on_apply=lambda _: imports.import_file(other, csv(9, 0), "csv", "other", workers=1))
+    assert report.points_hashed == 1
+    assert conn.execute("SELECT holders FROM points").fetchall() == [(2,)]
+    points_are_held(conn)
+
+    imports.import_file(conn, csv(2, 1), "csv", "second", workers=1)
+    report = imports.import_file(conn, csv(3, 1), "csv", "third", workers=1,
+                                 on_apply=lambda _: changes.erase_users(other, ["u2"]))
+    assert report.points_hashed == 0 and report.new_identifiers == 1
+    points_are_held(conn)
+    assert store.integrity_ok(conn)
+    other.close()
+    conn.close()

@@ -439,13 +439,16 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashin
         "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = :base + s.rowid) "
         "GROUP BY s.id_type, s.value_hash"
     )
-    if not hashing:
+    # (Another import may have stored points since this one found none.)
+    (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
+    if stored or not hashing:
         conn.execute(f"CREATE TABLE {_STAGE}.new_values AS {new_values}", {"base": base})
         new_values = f"SELECT * FROM {_STAGE}.new_values"
         conn.execute(
             f"UPDATE points SET holders = points.holders + n.holders FROM {_STAGE}.new_values AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
+    if not hashing:
         # A value whose point was stored when its batch was read, and removed since
         # (its last holder erased, say), is hashed now.
         lost = conn.execute(
