@@ -52,9 +52,10 @@ __all__ = ["ImportReport", "import_file"]
 
 BATCH = 8192
 MAX_REPORTED_ERRORS = 1000
-# Pages SQLite may keep in memory while an import applies (KiB). The final transaction
-# writes several tables' worth of new rows; with room for them, no page is written out
-# and read back before the commit.
+# Pages SQLite may keep in memory while an import stages and applies (KiB), for each of
+# the registry and the import's own tables: the final transaction looks each new row up
+# in the registry's indexes (users, identifiers by user, consent events by user), which
+# in a large registry are far beyond SQLite's default 2 MiB.
 APPLY_CACHE_KIB = 64 * 1024
 
 
