@@ -1,20 +1,24 @@
 """The platform's bulk work: consent import (with hashing), the live set's build at
 start, and each session's table, each against the core primitive it is bound by,
-measured side by side in one process.
+measured side by side in one process; and the import against the baseline commit's.
 
-    python -m benchmarks.registry import ROWS DB     # prints JSON
-    python -m benchmarks.registry live DB ROUNDS     # prints JSON
-    python -m benchmarks.registry memory ITEMS       # prints JSON
+    python -m benchmarks.registry import ROWS DB          # prints JSON
+    python -m benchmarks.registry live DB ROUNDS          # prints JSON
+    python -m benchmarks.registry memory ITEMS            # prints JSON
+    python -m benchmarks.registry baseline ROWS ROUNDS    # prints JSON
 
 Each phase runs in a fresh process so its peak memory (``VmHWM``) is its own.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +41,9 @@ from .systems import Unmetered
 __all__ = ["run"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The import the speed of today's is compared with: schema 2 (each point on its
+# identifier row), row-by-row triggers, hashing in Python.
+BASELINE = "138158c"
 
 
 def _peak_kib() -> int:
@@ -84,6 +91,77 @@ def _import(rows: int, db: Path) -> dict:
             "store_s": report.apply_seconds, "reading_cpu_s_per_row": reading,
             "hash_per_s_all_workers": hash_all, "hash_per_s_one_worker": hash_one,
             "impact_report_s": report_s, "peak_kib": _peak_kib()}
+
+
+def _timed_import(csv_path: Path, db: Path) -> dict:
+    """One import of a CSV file into a new registry, as ``baseline_import.py`` times the
+    baseline's."""
+    warm_up()
+    store.init(db)
+    conn = store.connect(db)
+    start = time.perf_counter()
+    with csv_path.open("rb") as f:
+        report = imports.import_file(conn, f, "csv", "bench")
+    seconds = time.perf_counter() - start
+    conn.close()
+    return {"rows": report.imported_rows, "import_s": seconds, "store_s": report.apply_seconds}
+
+
+def _baseline_packages(tmp: Path) -> Path:
+    """The baseline commit's packages, from this checkout's history, laid out under the
+    names they install as; returns the directory to put on ``PYTHONPATH``."""
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "psi", "server", "proto"],
+                          capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"the baseline needs this checkout's git history (commit {BASELINE}): "
+                         f"{done.stderr.decode(errors='replace').strip()}")
+    src, path = tmp / "baseline-src", tmp / "baseline-path"
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(src, filter="data")
+    path.mkdir()
+    for name, where in (("psi", "psi"), ("psi_server", "server"), ("psi_proto", "proto/psi_proto")):
+        (path / name).symlink_to(src / where, target_is_directory=True)
+    return path
+
+
+def _versus_baseline(rows: int, rounds: int) -> dict:
+    """Today's import and the baseline's on the same file, each in a fresh process and a
+    new registry, alternating which goes first, ``rounds`` times each. The ratio is of
+    the medians; each round's is listed too (a shared machine's load moves between
+    runs a minute apart)."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="psi-reg-base-") as tmp:
+        tmp = Path(tmp)
+        csv_path = tmp / "users.csv"
+        write_csv(_rows(rows), csv_path)
+        old_env = {**os.environ, "PYTHONPATH": str(_baseline_packages(tmp)), "PSI_NATIVE": "off"}
+        runs: dict[str, list[dict]] = {"now": [], "baseline": []}
+        for r in range(rounds):
+            for which in ("now", "baseline") if r % 2 == 0 else ("baseline", "now"):
+                db = tmp / f"{which}-{r}.db"
+                if which == "now":
+                    figures = _child("timed-import", str(csv_path), str(db))
+                else:
+                    # A script, not ``-m``: the current directory must not put today's
+                    # packages first on the path.
+                    done = subprocess.run(
+                        [sys.executable, str(ROOT / "benchmarks" / "baseline_import.py"), str(csv_path), str(db)],
+                        cwd=tmp, env=old_env, stdout=subprocess.PIPE, text=True, check=True)
+                    figures = json.loads(done.stdout)
+                assert figures["rows"] == rows
+                runs[which].append(figures)
+                for leftover in tmp.glob(f"{db.name}*"):
+                    leftover.unlink()
+    now = [f["import_s"] for f in runs["now"]]
+    old = [f["import_s"] for f in runs["baseline"]]
+    rate, old_rate = rows / statistics.median(now), rows / statistics.median(old)
+    return {"rows": rows, "rounds": rounds, "baseline": BASELINE,
+            "rows_per_s": rate, "baseline_rows_per_s": old_rate, "ratio": rate / old_rate,
+            "ratio_each": [o / n for n, o in zip(now, old)],
+            "import_s_each": now, "baseline_import_s_each": old,
+            "store_s_each": [f["store_s"] for f in runs["now"]],
+            "baseline_store_s_each": [f["store_s"] for f in runs["baseline"]],
+            "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def _impact_seconds(conn, rows: int) -> float:
@@ -199,7 +277,7 @@ def run(quick: bool) -> dict:
         db = Path(tmp) / "registry.db"
         rounds = "1" if quick else "3"
         return {"import": _child("import", str(rows), str(db)), "live": _child("live", str(db), rounds),
-                "memory": _child("memory", str(rows))}
+                "memory": _child("memory", str(rows)), "baseline": _versus_baseline(rows, int(rounds))}
 
 
 def main() -> None:
@@ -210,6 +288,10 @@ def main() -> None:
         figures = _live(Path(rest[0]), int(rest[1]))
     elif phase == "memory":
         figures = _session_memory(int(rest[0]))
+    elif phase == "timed-import":
+        figures = _timed_import(Path(rest[0]), Path(rest[1]))
+    elif phase == "baseline":
+        figures = _versus_baseline(int(rest[0]), int(rest[1]))
     else:
         raise SystemExit(__doc__)
     json.dump(figures, sys.stdout)

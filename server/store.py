@@ -493,6 +493,43 @@ ALTER TABLE sessions ADD COLUMN started_at TEXT;
     + _erasable("consent_events", ("id", "scope", "state", "effective_at", "source_id"))
     + _erasable("consent_changes", ("id", "state", "source_id"))
     + _erasable("identifier_history", ("identifier_id", "id_type")),
+    # 5: each value's hashed point is stored once, keyed by the value, with the number of
+    # identifier rows that hold it. An import writes its new points in key order, one
+    # sequential pass, where keeping them on the identifiers row meant an index on the
+    # value inserted in random order (most of an import's final transaction). The index
+    # goes: the points table finds a value already hashed, and the count says when its
+    # last holder is deleted, and the point with it.
+    """
+CREATE TABLE points (
+    id_type TEXT NOT NULL CHECK (id_type IN ('email', 'phone')),
+    value_hash BLOB NOT NULL CHECK (length(value_hash) = 32),
+    point BLOB NOT NULL CHECK (length(point) = 32),
+    holders INTEGER NOT NULL CHECK (holders >= 0),
+    PRIMARY KEY (id_type, value_hash)
+) WITHOUT ROWID;
+INSERT INTO points (id_type, value_hash, point, holders)
+SELECT id_type, value_hash, MIN(point), COUNT(*) FROM identifiers
+ GROUP BY id_type, value_hash ORDER BY id_type, value_hash;
+DROP TRIGGER identifiers_point_insert;
+DROP TRIGGER identifiers_point_update;
+DROP INDEX identifiers_by_value;
+ALTER TABLE identifiers DROP COLUMN point;
+CREATE TRIGGER identifiers_point_held AFTER INSERT ON identifiers
+BEGIN
+    SELECT RAISE(ABORT, 'an identifier needs its hashed point in points')
+     WHERE NOT EXISTS (SELECT 1 FROM points
+                        WHERE id_type = NEW.id_type AND value_hash = NEW.value_hash);
+    UPDATE points SET holders = holders + 1
+     WHERE id_type = NEW.id_type AND value_hash = NEW.value_hash;
+END;
+CREATE TRIGGER identifiers_point_released AFTER DELETE ON identifiers
+BEGIN
+    UPDATE points SET holders = holders - 1
+     WHERE id_type = OLD.id_type AND value_hash = OLD.value_hash;
+    DELETE FROM points
+     WHERE id_type = OLD.id_type AND value_hash = OLD.value_hash AND holders = 0;
+END;
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -244,12 +244,14 @@ def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path, ca
     assert "upgrading the registry schema to version 2" in caplog.text
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     assert store.integrity_ok(conn)
-    assert not conn.execute("SELECT name FROM sqlite_schema WHERE name = 'points'").fetchall()
-    kept = dict(conn.execute("SELECT value_hash, point FROM identifiers"))
-    assert kept == {values[0]: points[0].tobytes(), values[2]: points[2].tobytes()}
+    # every held value keeps its point, once, with the number of identifiers holding it
+    kept = {v: (p, n) for v, p, n in conn.execute("SELECT value_hash, point, holders FROM points")}
+    assert kept == {values[0]: (points[0].tobytes(), 2), values[2]: (points[2].tobytes(), 1)}
+    assert "point" not in [c[1] for c in conn.execute("PRAGMA table_info(identifiers)")]
     assert table(str(path)) == points_of("email", [values[0]])
-    with pytest.raises(Exception, match="32-byte point"):
-        conn.execute("UPDATE identifiers SET point = NULL WHERE id = 1")
+    with pytest.raises(Exception, match="needs its hashed point"):
+        conn.execute("INSERT INTO identifiers (user_id, id_type, value_hash) VALUES ('u0', 'email', ?)",
+                     (values[1],))
 
     # an import after the upgrade reuses the stored point instead of hashing again
     report = import_rows(conn, [("u2", "email", email(2), "account", "granted", "2026-01-02T00:00:00Z")])
@@ -371,6 +373,68 @@ def test_a_version_3_registry_upgrades_replaying_consent_under_the_new_rule(tmp_
     changes.record_consent(conn, ["u2"], "granted")
     assert table(str(path)) == points_of("email", [values[0], values[1], values[2], value_hash(5)])
     assert conn.execute("SELECT MIN(id) FROM identifiers WHERE user_id = 'u5'").fetchone()[0] > 4
+    conn.close()
+
+
+HISTORY_TABLES = ("users", "identifier_purposes", "identifier_history", "consent_events", "consent_changes",
+                  "purpose_changes", "identifier_changes", "change_sources")
+
+
+def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_path):
+    """Version 4 kept a point on every identifier row; version 5 keeps each value's point
+    once, with the number of identifiers holding it. Every other row stays as it was, the
+    live set holds the same points, and a point still goes with its last holder."""
+    path = tmp_path / "v4.db"
+    conn = at_version(path, 4)
+    values = [value_hash(i) for i in range(6)]
+    points = hash_to_curve([b"email\x00" + v for v in values], workers=1)
+    # u0 and u1 share value 0; u1 holds three values; u3's is only for security; u4 revoked
+    owners = [("u0", 0, "account"), ("u1", 0, "advertising"), ("u1", 1, "account"), ("u1", 2, "account"),
+              ("u2", 3, "account"), ("u3", 4, "security"), ("u4", 5, "account")]
+    at = "2026-01-01T00:00:00.000000Z"
+    with store.transaction(conn):
+        conn.execute("UPDATE writing_source SET source_id = 1")
+        for user in ("u0", "u1", "u2", "u3", "u4"):
+            conn.execute("INSERT INTO users (user_id) VALUES (?)", (user,))
+        for n, (user, i, purpose) in enumerate(owners, start=1):
+            conn.execute("INSERT INTO identifiers (id, user_id, id_type, value_hash, point) VALUES (?, ?, 'email', ?, ?)",
+                         (n, user, values[i], points[i].tobytes()))
+            conn.execute("INSERT INTO identifier_purposes VALUES (?, ?)", (n, purpose))
+        for user in ("u0", "u1", "u2", "u3", "u4"):
+            conn.execute("INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
+                         "VALUES (?, 'ads_matching', ?, ?, 1)", (user, "revoked" if user == "u4" else "granted", at))
+        conn.execute("UPDATE writing_source SET source_id = NULL")
+        conn.execute("INSERT INTO change_sources (id, kind, name, applied_at, committed_at) "
+                     "VALUES (1, 'import', 'old.csv', ?, ?)", (at, at))
+    with store.transaction(conn):  # u2's only identifier withdrawn, and its point with it
+        conn.execute("UPDATE writing_source SET source_id = 2")
+        conn.execute("DELETE FROM identifier_purposes WHERE identifier_id = 5")
+        conn.execute("DELETE FROM identifiers WHERE id = 5")
+        conn.execute("UPDATE writing_source SET source_id = NULL")
+        conn.execute("INSERT INTO change_sources (id, kind, name, applied_at, committed_at) "
+                     "VALUES (2, 'import', 'fix.csv', ?, ?)", (at, at))
+    kept = {t: sorted(conn.execute(f"SELECT * FROM {t}")) for t in HISTORY_TABLES}
+    identifiers_before = sorted(conn.execute("SELECT id, user_id, id_type, value_hash FROM identifiers"))
+    matchable_before = {p for (p,) in conn.execute(
+        "SELECT i.point FROM matchable AS m JOIN identifiers AS i ON i.id = m.identifier_id")}
+    conn.close()
+
+    conn = store.connect(path)  # upgrades
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert store.integrity_ok(conn)
+    assert {t: sorted(conn.execute(f"SELECT * FROM {t}")) for t in HISTORY_TABLES} == kept
+    assert sorted(conn.execute("SELECT * FROM identifiers")) == identifiers_before
+    assert sorted(conn.execute("SELECT value_hash, point, holders FROM points")) == sorted(
+        [(values[0], points[0].tobytes(), 2)] + [(values[i], points[i].tobytes(), 1) for i in (1, 2, 4, 5)])
+    assert table(str(path), cap=100) == matchable_before == points_of("email", values[:3])
+    assert table(str(path), cap=2) == points_of("email", values[:2])
+    assert table(str(path), cap=1) == points_of("email", values[:1])
+    # a shared value's point stays while one user holds it, and goes with the last
+    changes.erase_users(conn, ["u0"])
+    assert conn.execute("SELECT holders FROM points WHERE value_hash = ?", (values[0],)).fetchone() == (1,)
+    changes.erase_users(conn, ["u1"])
+    assert conn.execute("SELECT COUNT(*) FROM points WHERE value_hash IN (?, ?, ?)", values[:3]).fetchone() == (0,)
+    assert store.integrity_ok(conn)
     conn.close()
 
 

@@ -3,12 +3,17 @@
 An import is staged first and applied in one transaction at the end: a file whose last
 line revokes a consent granted on its first line must never be half applied, and a
 failure (bad disk, killed process) leaves the registry exactly as it was. A value the
-registry already holds is not hashed again: its stored point is copied at the end.
+registry already holds is not hashed again: its stored point serves the new identifier.
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
 the purpose is added or withdrawn (a withdrawal winning a tie). Across imports the
 registry's precedence rule applies (see the ``consent_events_apply`` trigger).
+
+The final transaction writes what the schema's insert triggers would, set by set
+instead of row by row: those triggers are dropped inside the transaction and created
+again, from their own text, before it commits, so no other connection ever sees the
+schema without them. Withdrawals still go through the delete triggers.
 """
 
 from __future__ import annotations
@@ -18,17 +23,27 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from psi import hash_to_curve
 from psi.identifiers import ID_TYPES
-from psi.parallel import Executor, get_executor, imap
+from psi.parallel import Executor, cpu_count, get_executor, imap
 from psi.records import MalformedFile
 
 from ..store import transaction
-from .rows import DEFAULT_REGION, ImportFileError, check_row, csv_rows, jsonl_rows
+from .rows import (
+    DEFAULT_REGION,
+    Batch,
+    CsvLayout,
+    ImportFileError,
+    batch_records,
+    check_row,
+    csv_batches,
+    jsonl_batches,
+)
 from .sources import Source, recording
 from .sql import SQL_VARS
 from .times import latest_accepted
@@ -37,6 +52,11 @@ __all__ = ["ImportReport", "import_file"]
 
 BATCH = 8192
 MAX_REPORTED_ERRORS = 1000
+# Pages SQLite may keep in memory while an import stages and applies (KiB), for each of
+# the registry and the import's own tables: the final transaction looks each new row up
+# in the registry's indexes (users, identifiers by user, consent events by user), which
+# in a large registry are far beyond SQLite's default 2 MiB.
+APPLY_CACHE_KIB = 64 * 1024
 
 
 @dataclass
@@ -75,8 +95,11 @@ class _Digested:
             yield line
 
 
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staging (
+# The import's own tables, in a private temporary database attached for its duration
+# (detaching discards it whole, where dropping tables would free each page).
+_STAGE = "import_stage"
+_STAGING = f"""
+CREATE TABLE {_STAGE}.rows (
     user_id TEXT NOT NULL, id_type TEXT NOT NULL, value_hash BLOB NOT NULL,
     purpose TEXT NOT NULL, consent TEXT NOT NULL, effective_at TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -84,48 +107,67 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
 )"""
 _ROW = "user_id, id_type, value_hash, purpose, consent, effective_at, action"
 _SAME_IDENTIFIER = "i.user_id = s.user_id AND i.id_type = s.id_type AND i.value_hash = s.value_hash"
+# The insert triggers whose rows the final transaction writes itself (see the module's
+# docstring); ``tests/test_import_sets.py`` checks it writes exactly what they would.
+_SET_BASED = ("identifiers_recorded", "identifiers_point_held", "identifier_purposes_added",
+              "purpose_added", "consent_events_apply", "consent_events_changed",
+              "users_consent_changed")
 
 
 def _missing_points(
     conn: sqlite3.Connection, keys: list[tuple[str, bytes]]
 ) -> list[tuple[str, bytes]]:
-    """Keys whose point is not cached yet."""
+    """Keys whose point is not stored yet."""
     have: set[tuple[str, bytes]] = set()
     for id_type in ID_TYPES:
         hashes = [h for t, h in keys if t == id_type]
         for i in range(0, len(hashes), SQL_VARS):
             part = hashes[i : i + SQL_VARS]
-            q = "SELECT value_hash FROM identifiers WHERE id_type = ? AND value_hash IN (%s)" % (
+            q = "SELECT value_hash FROM points WHERE id_type = ? AND value_hash IN (%s)" % (
                 ",".join("?" * len(part))
             )
             have.update((id_type, h) for (h,) in conn.execute(q, [id_type, *part]))
     return [k for k in keys if k not in have]
 
 
-def _validate_batch(rows: list[tuple[int, tuple]], region: str | None, latest: str):
-    """Pool task: validated records and ``(line, reason)`` errors for one batch."""
-    records, errors = [], []
-    for number, fields in rows:
+@dataclass
+class _Read:
+    """What a pool task made of one batch of the file."""
+
+    rows: int  # records, malformed ones included
+    errors: list[tuple[int, str]]
+    staged: list[tuple]  # validated rows, each followed by its point when hashed here
+    hashed: int
+    removes: bool  # whether a row withdraws a purpose
+
+
+def _read_batch(
+    batch: Batch, layout: CsvLayout | None, region: str | None, latest: str, hashing: bool
+) -> _Read:
+    """Pool task: read and validate one batch; with ``hashing``, also hash each value it
+    adds (the registry held no point when the import began, so none can be reused).
+    A withdrawal needs no point: only identifiers being added are hashed."""
+    read = _Read(0, [], [], 0, False)
+    for number, fields, problem in batch_records(batch, layout):
+        read.rows += 1
+        if problem:
+            read.errors.append((number, problem))
+            continue
         try:
-            records.append(check_row(fields, region, latest))
+            read.staged.append(check_row(fields, region, latest))
         except ValueError as exc:
-            errors.append((number, str(exc)))
-    return records, errors
+            read.errors.append((number, str(exc)))
+    read.removes = any(r[6] == "remove" for r in read.staged)
+    if hashing:
+        keys = list(dict.fromkeys((r[1], r[2]) for r in read.staged if r[6] == "add"))
+        fresh = {key: p.tobytes() for key, p in zip(keys, _hash_batch(keys))}
+        read.staged = [(*r, fresh.get((r[1], r[2]))) for r in read.staged]
+        read.hashed = len(keys)
+    return read
 
 
 def _hash_batch(keys: list[tuple[str, bytes]]) -> np.ndarray:
     return hash_to_curve([t.encode() + b"\x00" + h for t, h in keys], workers=1)
-
-
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def import_file(
@@ -143,167 +185,379 @@ def import_file(
 
     Raises ``ImportFileError`` for a file that cannot be imported at all; row problems
     are collected in the report and never written. Memory stays bounded: rows go to a
-    staging table batch by batch. Validation and hashing run in the pool while this
-    process reads ahead and writes. ``on_apply`` is called with the number of staged rows
-    once the file is read, just before the final transaction (seconds per million rows,
-    with nothing left to read to show progress by).
+    staging table on disk batch by batch. Parsing, validation and hashing run in the
+    pool while this process reads ahead and stages. ``on_apply`` is called with the
+    number of staged rows once the file is read, just before the final transaction
+    (seconds per million rows, with nothing left to read to show progress by).
     """
     report = ImportReport()
     digested = _Digested(raw)
-    records = jsonl_rows(digested) if fmt == "jsonl" else csv_rows(digested)
     pool = executor if executor is not None else get_executor(workers)
+    conn.execute(f"ATTACH DATABASE '' AS {_STAGE}")
     try:
-        removals = _stage(conn, _counted(records, report), report, region, pool)
-    except MalformedFile as exc:
-        conn.execute("DELETE FROM temp.staging")
-        raise ImportFileError(str(exc)) from None
-    report.errors.sort()
-    report.digest = digested.sha.hexdigest()
-    if on_apply is not None:
-        on_apply(report.imported_rows)
-    start = time.perf_counter()
-    _apply_staging(conn, Source("import", source, digested.sha.digest()), report, removals)
-    report.apply_seconds = time.perf_counter() - start
+        conn.execute(f"PRAGMA {_STAGE}.cache_size = -{APPLY_CACHE_KIB}")
+        for statement in (_STAGING, *_KEYED):
+            conn.execute(statement)
+        try:
+            if fmt == "jsonl":
+                layout, batches = None, jsonl_batches(digested, BATCH)
+            else:
+                layout, batches = csv_batches(digested, BATCH)
+            removals, hashing = _stage(conn, layout, batches, report, region, pool)
+        except MalformedFile as exc:
+            raise ImportFileError(str(exc)) from None
+        report.errors.sort()
+        report.digest = digested.sha.hexdigest()
+        if on_apply is not None:
+            on_apply(report.imported_rows)
+        _prepare(conn, report, removals)
+        settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+                    for p in ("main.cache_size", "threads", "wal_autocheckpoint")}
+        conn.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
+        # Sorting (grouping the file's rows by value, say) on every core.
+        conn.execute(f"PRAGMA threads = {cpu_count()}")
+        # The log is copied into the main file after the commit, as the commit would
+        # have done, but outside the time other writers wait for (they do not wait for it).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            start = time.perf_counter()
+            _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
+            report.apply_seconds = time.perf_counter() - start
+        finally:
+            for pragma, value in settings.items():
+                conn.execute(f"PRAGMA {pragma} = {value}")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.execute(f"DETACH DATABASE {_STAGE}")
     return report
 
 
-def _counted(records, report: ImportReport) -> Iterator[tuple[int, tuple]]:
-    """The well-formed records; the others are reported."""
-    for number, fields, problem in records:
-        report.rows += 1
-        if problem:
-            report.error(number, problem)
-        else:
-            yield number, fields
-
-
-def _stage(conn, rows, report: ImportReport, region, pool) -> bool:
+def _stage(conn, layout, batches, report: ImportReport, region, pool) -> tuple[bool, bool]:
     """Validate, hash and stage every row (the registry's tables are not touched).
-    Returns whether any row withdraws a purpose."""
-    conn.execute(_STAGING)
-    conn.execute("DELETE FROM temp.staging")
+    Returns whether any row withdraws a purpose, and whether every value was hashed."""
     latest = latest_accepted()
-    validated = imap(pool, _validate_batch, ((b, region, latest) for b in _chunks(rows, BATCH)))
-    pending: deque[tuple[list[tuple], list[tuple[str, bytes]]]] = deque()
+    # An empty registry (a first load) has no point to reuse: each batch is then hashed
+    # in the task that reads it, with no lookup in between.
+    (hashing,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM points)").fetchone()
+    read = imap(pool, _read_batch, ((b, layout, region, latest, bool(hashing)) for b in batches))
     removals = False
 
-    def hash_tasks() -> Iterator[tuple[list[tuple[str, bytes]]]]:
+    def stage(batch: _Read, rows: list[tuple]) -> None:
         nonlocal removals
-        for records, errors in validated:
-            for number, reason in errors:
-                report.error(number, reason)
-            # A withdrawal needs no point: only identifiers being added are hashed.
-            added = [(r[1], r[2]) for r in records if r[6] == "add"]
-            removals = removals or len(added) < len(records)
-            missing = _missing_points(conn, list(dict.fromkeys(added)))
-            pending.append((records, missing))
+        report.rows += batch.rows
+        for number, reason in batch.errors:
+            report.error(number, reason)
+        removals = removals or batch.removes
+        # The import's own database only: no lock on the registry is taken.
+        with transaction(conn, immediate=False):
+            conn.executemany(f"INSERT INTO {_STAGE}.rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            for statement in _KEYING:  # rows are numbered from 1, in order
+                conn.execute(statement, (report.imported_rows + 1,))
+        report.imported_rows += len(rows)
+
+    if hashing:
+        for batch in read:
+            stage(batch, batch.staged)
+            report.points_hashed += batch.hashed
+        return removals, True
+
+    pending: deque[tuple[_Read, list[tuple[str, bytes]]]] = deque()
+
+    def hash_tasks() -> Iterator[tuple[list[tuple[str, bytes]]]]:
+        for batch in read:
+            added = list(dict.fromkeys((r[1], r[2]) for r in batch.staged if r[6] == "add"))
+            missing = _missing_points(conn, added)
+            pending.append((batch, missing))
             yield (missing,)
 
     for points in imap(pool, _hash_batch, hash_tasks()):
-        records, missing = pending.popleft()
+        batch, missing = pending.popleft()
         fresh = {key: p.tobytes() for key, p in zip(missing, points)}
-        with transaction(conn):
-            conn.executemany(
-                "INSERT INTO temp.staging VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*r, fresh.get((r[1], r[2]))) for r in records],
-            )
+        stage(batch, [(*r, fresh.get((r[1], r[2]))) for r in batch.staged])
         report.points_hashed += len(missing)
-        report.imported_rows += len(records)
-    return removals
+    return removals, False
 
 
-def _apply_staging(
-    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool
+# The file's rows keyed as the registry's tables are written, filled batch by batch
+# while the pool reads ahead (this process would otherwise wait for it), so that the
+# final transaction reads each in order.
+_KEYED = (
+    f"""CREATE TABLE {_STAGE}.granting (user_id, id_type, value_hash, purpose,
+        PRIMARY KEY (user_id, id_type, value_hash, purpose)) WITHOUT ROWID""",
+    # A user is created by a row that adds (and then takes every consent event the
+    # file has for them); consent events of users the registry does not hold are not kept.
+    f"CREATE TABLE {_STAGE}.adding_users (user_id PRIMARY KEY) WITHOUT ROWID",
+    f"""CREATE TABLE {_STAGE}.consenting (user_id, effective_at, state,
+        PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID""",
+)
+_GRANTING = (
+    f"INSERT OR IGNORE INTO {_STAGE}.granting SELECT user_id, id_type, value_hash, purpose "
+    "FROM {rows} WHERE action = 'add' AND rowid >= ?"
+)
+_KEYING = (
+    _GRANTING.format(rows=f"{_STAGE}.rows"),
+    f"INSERT OR IGNORE INTO {_STAGE}.adding_users SELECT user_id FROM {_STAGE}.rows "
+    "WHERE action = 'add' AND rowid >= ?",
+    f"INSERT OR IGNORE INTO {_STAGE}.consenting SELECT user_id, effective_at, consent "
+    f"FROM {_STAGE}.rows WHERE rowid >= ?",
+)
+
+
+def _prepare(conn: sqlite3.Connection, report: ImportReport, removals: bool) -> None:
+    """The rest of what depends on the file alone, before the registry is locked."""
+    distinct = conn.execute(
+        f"SELECT COUNT(*) FROM (SELECT DISTINCT {_ROW} FROM {_STAGE}.rows)"
+    ).fetchone()[0]
+    report.duplicate_rows = report.imported_rows - distinct
+    report.imported_rows = distinct
+    if removals:
+        # Only each identifier and purpose's latest row adds it.
+        _net_purposes(conn)
+        conn.execute(f"DELETE FROM {_STAGE}.granting")
+        conn.execute(_GRANTING.format(rows=f"{_STAGE}.net"), (0,))
+
+
+@contextmanager
+def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Iterator[None]:
+    """Inside a transaction: drop these triggers, then create them again from the text
+    the schema holds, in their order. A failure rolls the drops back with the rest."""
+    saved = conn.execute(
+        "SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' AND name IN (%s) "
+        "ORDER BY rowid" % ",".join("?" * len(names)),
+        names,
+    ).fetchall()
+    if len(saved) != len(names):
+        raise RuntimeError("the registry's schema lacks a trigger the import replaces")
+    for name, _ in saved:
+        conn.execute(f"DROP TRIGGER main.{name}")
+    yield
+    for _, sql in saved:
+        conn.execute(sql)
+
+
+def _apply(
+    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool, hashing: bool
 ) -> None:
-    with recording(conn, source) as source_id:
+    with recording(conn, source) as source_id, _triggers_dropped(conn, _SET_BASED):
         (base,) = conn.execute(
             "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
             "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
         ).fetchone()
-        (events,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_events").fetchone()
         (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
-        distinct = conn.execute(
-            f"SELECT COUNT(*) FROM (SELECT DISTINCT {_ROW} FROM temp.staging)"
-        ).fetchone()[0]
-        report.duplicate_rows = report.imported_rows - distinct
-        report.imported_rows = distinct
-        # A value the registry already held was not hashed again: its point is copied.
-        conn.execute(
-            "UPDATE temp.staging SET point = (SELECT i.point FROM identifiers AS i "
-            "WHERE i.id_type = staging.id_type AND i.value_hash = staging.value_hash LIMIT 1) "
-            "WHERE point IS NULL AND action = 'add'"
-        )
-        added = _net_purposes(conn) if removals else "temp.staging"
-        conn.execute(
-            "INSERT OR IGNORE INTO users (user_id) "
-            "SELECT DISTINCT user_id FROM temp.staging WHERE action = 'add'"
-        )
-        # In file order, so that the identifiers a user's cap keeps are the first listed.
-        # Numbered past every id ever used: the history names identifiers by id.
-        kept = (
-            f" AND EXISTS (SELECT 1 FROM {added} AS i WHERE {_SAME_IDENTIFIER} AND i.action = 'add')"
-            if removals
-            else ""
-        )
-        conn.execute(
-            "INSERT OR IGNORE INTO identifiers (id, user_id, id_type, value_hash, point) "
-            "SELECT :base + s.rowid, s.user_id, s.id_type, s.value_hash, s.point "
-            f"FROM temp.staging AS s WHERE s.action = 'add'{kept} ORDER BY s.rowid",
-            {"base": base},
-        )
-        conn.execute(
-            "INSERT OR IGNORE INTO identifier_purposes (identifier_id, purpose) "
-            f"SELECT DISTINCT i.id, s.purpose FROM {added} AS s JOIN identifiers AS i "
-            f"ON {_SAME_IDENTIFIER} WHERE s.action = 'add'"
-        )
+        _new_events(conn)
+        _add_users(conn)
+        _add_identifiers(conn, base, removals, hashing)
+        _add_purposes(conn, source_id)
         if removals:
             _withdraw(conn, report)
-        conn.execute(
-            "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
-            "SELECT s.user_id, 'ads_matching', s.consent, s.effective_at, :source "
-            "FROM (SELECT DISTINCT user_id, consent, effective_at FROM temp.staging) AS s "
-            "WHERE EXISTS (SELECT 1 FROM users AS u WHERE u.user_id = s.user_id) "
-            # A re-import records nothing again, so a revocation it repeats cannot undo
-            # a grant made since.
-            "AND NOT EXISTS (SELECT 1 FROM consent_events AS e WHERE e.user_id = s.user_id "
-            "AND e.state = s.consent AND e.effective_at = s.effective_at) "
-            "ORDER BY s.effective_at, s.consent",
-            {"source": source_id},
-        )
+        report.new_consent_events = _record_consent(conn, source_id)
         report.new_identifiers = conn.execute(
             "SELECT COUNT(*) FROM identifiers WHERE id > ?", (base,)
-        ).fetchone()[0]
-        report.new_consent_events = conn.execute(
-            "SELECT COUNT(*) FROM consent_events WHERE id > ?", (events,)
         ).fetchone()[0]
         report.consent_changes = conn.execute(
             "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
         ).fetchone()[0]
-        conn.execute("DELETE FROM temp.staging")
-        conn.execute("DROP TABLE IF EXISTS temp.net")
 
 
-def _net_purposes(conn: sqlite3.Connection) -> str:
-    """The latest row for each identifier and purpose, a withdrawal winning a tie, as
-    a temporary table; returns its name."""
-    conn.execute("DROP TABLE IF EXISTS temp.net")
+def _new_events(conn: sqlite3.Connection) -> None:
+    """The file's consent events to record, with whether each takes effect, in each
+    user's date order (a revocation after a grant of the same time).
+
+    An event takes effect (see ``consent_events_apply``) if it is a revocation, or a
+    grant dated after every event the user had. Within the file a user's events come in
+    date order and are distinct, so a grant is dated after each earlier one of the file:
+    only the registry's latest date (``before_at``) can keep it from taking effect."""
     conn.execute(
-        "CREATE TEMP TABLE net AS SELECT user_id, id_type, value_hash, purpose, action FROM ("
+        f"CREATE TABLE {_STAGE}.new_events (user_id, effective_at, state, "
+        "before, before_at, known, applies, "
+        "PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID"
+    )
+    conn.execute(
+        f"INSERT INTO {_STAGE}.new_events "
+        "SELECT c.user_id, c.effective_at, c.state, u.ads_matching, u.consent_effective_at, "
+        "u.user_id IS NOT NULL, c.state = 'revoked' OR u.consent_effective_at IS NULL "
+        "OR c.effective_at > u.consent_effective_at "
+        f"FROM {_STAGE}.consenting AS c LEFT JOIN users AS u ON u.user_id = c.user_id "
+        "WHERE (u.user_id IS NOT NULL "
+        f"      OR EXISTS (SELECT 1 FROM {_STAGE}.adding_users AS a WHERE a.user_id = c.user_id)) "
+        # A re-import records nothing again, so a revocation it repeats cannot undo
+        # a grant made since.
+        "AND NOT EXISTS (SELECT 1 FROM consent_events AS e WHERE e.user_id = c.user_id "
+        "AND e.state = c.state AND e.effective_at = c.effective_at)"
+    )
+
+
+def _add_users(conn: sqlite3.Connection) -> None:
+    """Each user's events that take effect, summed up; users the registry did not hold,
+    with their consent as their events leave it (every event of a new user takes
+    effect)."""
+    # The last event that takes effect decides; the date kept is the latest seen. (Dates
+    # have a fixed width, so the text of date and state orders as the pair does.)
+    conn.execute(
+        f"CREATE TABLE {_STAGE}.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
+        "known, before) WITHOUT ROWID"
+    )
+    conn.execute(
+        f"INSERT INTO {_STAGE}.user_events SELECT user_id, COUNT(*), "
+        "substr(MAX(effective_at || state), length(MAX(effective_at)) + 1), MAX(effective_at), "
+        f"known, before FROM {_STAGE}.new_events WHERE applies GROUP BY user_id"
+    )
+    conn.execute(
+        "INSERT INTO users (user_id, ads_matching, consent_effective_at) "
+        f"SELECT user_id, state, effective_at FROM {_STAGE}.user_events WHERE NOT known"
+    )
+
+
+def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashing: bool) -> None:
+    """New identifiers, numbered past every id ever used (the history names identifiers
+    by id), their history rows, and their values' points. ``hashing``: every value the
+    file adds was hashed (the registry held no point when the import began)."""
+    # In file order, so that the identifiers a user's cap keeps are the first listed;
+    # the first row of each identifier numbers it.
+    kept = (
+        f" AND EXISTS (SELECT 1 FROM {_STAGE}.net AS i WHERE {_SAME_IDENTIFIER} "
+        "AND i.action = 'add')"
+        if removals
+        else ""
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO identifiers (id, user_id, id_type, value_hash) "
+        "SELECT :base + s.rowid, s.user_id, s.id_type, s.value_hash "
+        f"FROM {_STAGE}.rows AS s WHERE s.action = 'add'{kept} ORDER BY s.rowid",
+        {"base": base},
+    )
+    conn.execute(
+        "INSERT INTO identifier_history (identifier_id, user_id, id_type) "
+        "SELECT id, user_id, id_type FROM identifiers WHERE id > ? ORDER BY id",
+        (base,),
+    )
+    # Each value's new holders: the identifiers just numbered by their first row, read
+    # in id order. (A value the registry already held was not hashed again: its rows
+    # have no point.)
+    new_values = (
+        "SELECT s.id_type, s.value_hash, MAX(s.point) AS point, COUNT(*) AS holders "
+        f"FROM {_STAGE}.rows AS s "
+        "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = :base + s.rowid) "
+        "GROUP BY s.id_type, s.value_hash"
+    )
+    # (Another import may have stored points since this one found none.)
+    (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
+    if stored or not hashing:
+        conn.execute(f"CREATE TABLE {_STAGE}.new_values AS {new_values}", {"base": base})
+        new_values = f"SELECT * FROM {_STAGE}.new_values"
+        conn.execute(
+            f"UPDATE points SET holders = points.holders + n.holders FROM {_STAGE}.new_values AS n "
+            "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
+        )
+    if not hashing:
+        # A value whose point was stored when its batch was read, and removed since
+        # (its last holder erased, say), is hashed now.
+        lost = conn.execute(
+            f"SELECT id_type, value_hash FROM {_STAGE}.new_values AS n WHERE point IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM points AS p "
+            "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
+        ).fetchall()
+        conn.executemany(
+            f"UPDATE {_STAGE}.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
+            [(p.tobytes(), t, h) for (t, h), p in zip(lost, _hash_batch(lost))],
+        )
+    conn.execute(
+        "INSERT INTO points (id_type, value_hash, point, holders) "
+        f"SELECT id_type, value_hash, point, holders FROM ({new_values}) AS n "
+        "WHERE NOT EXISTS (SELECT 1 FROM points AS p "
+        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)",
+        {"base": base},
+    )
+
+
+def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
+    """Purposes the file adds that identifiers did not hold, with their history, and a
+    change for every identifier of their users (the cap may now pick another)."""
+    conn.execute(
+        f"CREATE TABLE {_STAGE}.new_purposes (identifier_id, purpose, user_id, "
+        "PRIMARY KEY (identifier_id, purpose)) WITHOUT ROWID"
+    )
+    conn.execute(
+        f"INSERT INTO {_STAGE}.new_purposes "
+        "SELECT i.id, s.purpose, i.user_id "
+        f"FROM {_STAGE}.granting AS s JOIN identifiers AS i ON {_SAME_IDENTIFIER} "
+        "WHERE NOT EXISTS (SELECT 1 FROM identifier_purposes AS p "
+        "WHERE p.identifier_id = i.id AND p.purpose = s.purpose)"
+    )
+    conn.execute(
+        "INSERT INTO identifier_purposes (identifier_id, purpose) "
+        f"SELECT identifier_id, purpose FROM {_STAGE}.new_purposes"
+    )
+    conn.execute(
+        "INSERT INTO purpose_changes (identifier_id, purpose, held, source_id) "
+        f"SELECT identifier_id, purpose, 1, ? FROM {_STAGE}.new_purposes",
+        (source_id,),
+    )
+    conn.execute(
+        "INSERT INTO identifier_changes (identifier_id) "
+        f"SELECT i.id FROM {_STAGE}.new_purposes AS n "
+        "JOIN identifiers AS i ON i.user_id = n.user_id"
+    )
+
+
+def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
+    """Record the file's new consent events, apply the ones that take effect to users
+    the registry held before, and note every change of state. Returns how many events
+    were recorded."""
+    conn.execute(
+        "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
+        f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_STAGE}.new_events",
+        (source_id,),
+    )
+    # A change wherever the state differs from the one before: for a user with one
+    # event taking effect (most), the registry's; for the others, the previous event's.
+    conn.execute(
+        "INSERT INTO consent_changes (user_id, state, source_id) "
+        f"SELECT user_id, state, ? FROM {_STAGE}.user_events "
+        "WHERE taking = 1 AND (before IS NULL OR before <> state)",
+        (source_id,),
+    )
+    conn.execute(
+        "INSERT INTO consent_changes (user_id, state, source_id) "
+        "SELECT user_id, state, ? FROM ("
+        " SELECT e.user_id, e.state, LAG(e.state, 1, e.before) OVER ("
+        "  PARTITION BY e.user_id ORDER BY e.effective_at, e.state) AS prior"
+        f" FROM {_STAGE}.new_events AS e JOIN {_STAGE}.user_events AS u ON u.user_id = e.user_id"
+        " WHERE e.applies AND u.taking > 1) "
+        "WHERE prior IS NULL OR prior <> state",
+        (source_id,),
+    )
+    conn.execute(
+        "UPDATE users SET ads_matching = a.state, "
+        "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
+        f"FROM {_STAGE}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
+    )
+    conn.execute(
+        "INSERT INTO identifier_changes (identifier_id) "
+        f"SELECT i.id FROM {_STAGE}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
+    )
+    return conn.execute(f"SELECT COUNT(*) FROM {_STAGE}.new_events").fetchone()[0]
+
+
+def _net_purposes(conn: sqlite3.Connection) -> None:
+    """The latest row for each identifier and purpose, a withdrawal winning a tie."""
+    conn.execute(
+        f"CREATE TABLE {_STAGE}.net AS SELECT user_id, id_type, value_hash, purpose, action FROM ("
         " SELECT user_id, id_type, value_hash, purpose, action, ROW_NUMBER() OVER ("
         "  PARTITION BY user_id, id_type, value_hash, purpose"
         "  ORDER BY effective_at DESC, action = 'remove' DESC) AS rank"
-        " FROM temp.staging) WHERE rank = 1"
+        f" FROM {_STAGE}.rows) WHERE rank = 1"
     )
     conn.execute(
-        "CREATE INDEX temp.net_by_identifier ON net (user_id, id_type, value_hash, action)"
+        f"CREATE INDEX {_STAGE}.net_by_identifier ON net (user_id, id_type, value_hash, action)"
     )
-    return "temp.net"
 
 
 def _withdraw(conn: sqlite3.Connection, report: ImportReport) -> None:
-    """Withdraw the purposes the file removes; delete identifiers left with none."""
+    """Withdraw the purposes the file removes; delete identifiers left with none (by the
+    schema's delete triggers, as every other deletion)."""
     withdrawn = conn.execute(
-        "SELECT i.id, s.purpose FROM temp.net AS s JOIN identifiers AS i "
+        f"SELECT i.id, s.purpose FROM {_STAGE}.net AS s JOIN identifiers AS i "
         f"ON {_SAME_IDENTIFIER} WHERE s.action = 'remove'"
     ).fetchall()
     cur = conn.executemany(

@@ -7,28 +7,34 @@ identifiers into logs.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
 
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import ID_TYPES, encode_identifier
-from psi.records import NOT_UTF8, csv_records, decoded_lines
+from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .times import FUTURE_SKEW, parse_time
 
 __all__ = [
     "ACTIONS",
     "COLUMNS",
+    "CsvLayout",
     "DEFAULT_REGION",
     "ImportFileError",
     "OPTIONAL_COLUMNS",
     "PURPOSES",
     "STATES",
     "TOMBSTONE_PREFIX",
+    "batch_records",
     "check_row",
-    "csv_rows",
+    "csv_batches",
     "detect_format",
-    "jsonl_rows",
+    "jsonl_batches",
 ]
 
 COLUMNS = ("user_id", "id_type", "identifier", "purpose", "consent", "updated_at")
@@ -51,6 +57,11 @@ TOMBSTONE_PREFIX = "erased:"
 Record = tuple[int, tuple | None, str | None]
 
 
+_NAMES = COLUMNS + OPTIONAL_COLUMNS
+# Exports stamp many rows with the same time.
+_parse_time = lru_cache(maxsize=4096)(parse_time)
+
+
 class ImportFileError(Exception):
     """The file cannot be imported at all (unreadable, wrong header). Nothing was written."""
 
@@ -66,7 +77,7 @@ def check_row(fields: tuple, region: str | None, latest: str) -> tuple:
     """A validated, normalized row ``(user_id, id_type, value_hash, purpose, consent,
     effective_at, action)``, or ValueError naming the rule (never the value). ``latest``
     is the latest time accepted (see ``times.latest_accepted``)."""
-    for name, value in zip(COLUMNS + OPTIONAL_COLUMNS, fields):
+    for name, value in zip(_NAMES, fields):
         if value is None and name in OPTIONAL_COLUMNS:
             continue
         if not isinstance(value, str):
@@ -93,7 +104,7 @@ def check_row(fields: tuple, region: str | None, latest: str) -> tuple:
     action = (action or "").strip() or "add"
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)} (empty means add)")
-    when = parse_time(updated_at)
+    when = _parse_time(updated_at)
     if when > latest:
         minutes = int(FUTURE_SKEW.total_seconds() // 60)
         raise ValueError(f"updated_at is more than {minutes} minutes in the future")
@@ -128,29 +139,129 @@ def _header(cells: list[str]) -> list[str]:
     return header
 
 
-def csv_rows(raw: Iterable[bytes]) -> Iterator[Record]:
-    """The data records of a CSV file with a header line. Raises ``ImportFileError`` for
-    a file without a usable header, and ``psi.records.MalformedFile`` where the quoting
-    breaks the record structure."""
-    records = csv_records(raw)
-    first = next(records, None)
-    if first is None:
-        raise ImportFileError("the file is empty (expected a header line)")
-    _, cells, problem = first
-    if problem:
-        raise ImportFileError(f"line 1: unreadable header ({problem})")
-    header = _header(cells)
-    width = len(header)
-    order = [header.index(c) for c in COLUMNS]
-    action = header.index("action") if "action" in header else None
-    for start, fields, problem in records:
-        if problem:
-            yield start, None, problem
-        elif len(fields) != width:
-            yield start, None, f"expected {width} fields, got {len(fields)}"
-        else:
-            row = tuple(fields[i] for i in order)
-            yield start, row + (None if action is None else fields[action],), None
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where a CSV file's columns are, from its header."""
+
+    width: int
+    order: tuple[int, ...]  # the position of each of COLUMNS
+    action: int | None
+
+    def record(self, number: int, cells: list[str]) -> Record:
+        if len(cells) != self.width:
+            return number, None, f"expected {self.width} fields, got {len(cells)}"
+        row = tuple(cells[i] for i in self.order)
+        return number, row + (None if self.action is None else cells[self.action],), None
+
+
+# A batch of input for ``batch_records``: ("cells", first line, [cells per line]) when
+# each CSV record is one line, ("records", [(first line, cells, problem)]) otherwise,
+# ("jsonl", first line, [raw lines]).
+Batch = tuple
+
+
+def _blank(cells: list[str]) -> bool:
+    return not cells or (len(cells) == 1 and not cells[0].strip())
+
+
+def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Batch]]:
+    """The layout of a CSV file with a header line, and its records in batches of about
+    ``size``. Raises ``ImportFileError`` for a file without a usable header; the batches
+    raise ``psi.records.MalformedFile`` where the quoting breaks the record structure.
+
+    The records are split by the csv module in C, a batch at a time. Each batch's lines
+    are kept: where a record spans lines or a line is not UTF-8 (rare), the batch is
+    read again by ``csv_records``, which numbers each record by its first line. Either
+    way a batch begins and ends on a record boundary, so both readings agree.
+    """
+    kept: list[bytes] = []
+    bad = False
+
+    def text() -> Iterator[str]:
+        nonlocal bad
+        for line in raw:
+            kept.append(line)
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad = True
+                yield line.decode("utf-8", errors="replace")
+
+    reader = csv.reader(text(), strict=True)
+
+    def again(first: int) -> list[tuple[int, list[str] | None, str | None]]:
+        """The kept lines read by ``csv_records``, numbered from ``first``."""
+        try:
+            return [(first - 1 + n, cells, problem) for n, cells, problem in csv_records(kept)]
+        except MalformedFile as exc:
+            reason = str(exc).split("malformed CSV (", 1)[1][:-1]
+            raise MalformedFile(first - 1 + exc.line, reason) from None
+
+    header = None
+    while header is None:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            raise ImportFileError("the file is empty (expected a header line)") from None
+        except csv.Error:
+            cells = None  # reported below, as csv_records reports it
+        if cells is None or bad:
+            records = again(1)
+            if not records:
+                raise ImportFileError("the file is empty (expected a header line)")
+            _, cells, problem = records[0]
+            if problem:
+                raise ImportFileError(f"line 1: unreadable header ({problem})")
+        if not _blank(cells):
+            header = _header(cells)
+    layout = CsvLayout(len(header), tuple(header.index(c) for c in COLUMNS),
+                       header.index("action") if "action" in header else None)
+
+    def batches() -> Iterator[Batch]:
+        nonlocal bad
+        while True:
+            first = reader.line_num + 1
+            kept.clear()
+            bad = False
+            try:
+                cells = list(islice(reader, size))
+            except csv.Error as exc:
+                again(first)  # raises MalformedFile at the record's first line
+                raise MalformedFile(first, str(exc)) from None
+            if not cells:
+                return
+            if bad or reader.line_num - first + 1 != len(cells):
+                yield ("records", again(first))
+            else:
+                yield ("cells", first, cells)
+
+    return layout, batches()
+
+
+def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
+    """The records of a batch from ``csv_batches`` (with its layout) or ``jsonl_batches``;
+    blank lines are not records."""
+    kind = batch[0]
+    if kind == "cells":
+        _, first, lines = batch
+        for k, cells in enumerate(lines):
+            if not _blank(cells):
+                yield layout.record(first + k, cells)
+    elif kind == "records":
+        for number, cells, problem in batch[1]:
+            yield (number, None, problem) if problem else layout.record(number, cells)
+    else:
+        _, first, lines = batch
+        yield from jsonl_rows(lines, first)
+
+
+def jsonl_batches(raw: Iterable[bytes], size: int) -> Iterator[Batch]:
+    """A JSONL file's lines in batches of ``size``, each record being one line."""
+    lines = iter(raw)
+    first = 1
+    while batch := list(islice(lines, size)):
+        yield ("jsonl", first, batch)
+        first += len(batch)
 
 
 class _DuplicateKey(Exception):
@@ -168,9 +279,11 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return obj
 
 
-def jsonl_rows(raw: Iterable[bytes]) -> Iterator[Record]:
-    """The records of a file of JSON objects, one per line; blank lines are skipped."""
+def jsonl_rows(raw: Iterable[bytes], first: int = 1) -> Iterator[Record]:
+    """The records of a file of JSON objects, one per line, numbered from ``first``;
+    blank lines are skipped."""
     for number, text in decoded_lines(raw):
+        number += first - 1
         if number == 1 and text is not None:
             text = text.lstrip("\ufeff")
         if text is not None and not text.strip():

@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+# Pages SQLite may keep in memory while the whole matchable set is read (KiB).
+READ_CACHE_KIB = 64 * 1024
+
+
 def _table_query(where: str, cap: int) -> str:
     """Rows ``(identifier id, id_type, point)`` of the tables, from the ``matchable`` view.
 
@@ -50,7 +54,10 @@ SELECT id_type, id FROM (
     # join would make SQLite compute every chosen row before returning the first, and the
     # reader would wait for that instead of starting on the first batch.
     return f"""
-SELECT c.id, c.id_type, (SELECT i.point FROM identifiers AS i WHERE i.id = c.id)
+SELECT c.id, c.id_type,
+       (SELECT p.point FROM identifiers AS i
+          JOIN points AS p ON p.id_type = i.id_type AND p.value_hash = i.value_hash
+         WHERE i.id = c.id)
   FROM ({chosen}) AS c
 """
 
@@ -84,12 +91,19 @@ def read_matchable(conn: sqlite3.Connection, cap: int, batch: int = 65536) -> Ma
     (most,) = conn.execute("SELECT COUNT(*) FROM identifiers").fetchone()
     out = MatchableRows(np.empty(most, np.int64), np.empty(most, np.uint8), np.empty((most, 32), np.uint8))
     n = 0
-    cur = conn.execute(_table_query("", cap), {"cap": cap})
-    while rows := cur.fetchmany(batch):
-        part = MatchableRows.of(rows)
-        k = len(part.ids)
-        out.ids[n : n + k], out.types[n : n + k], out.points[n : n + k] = part.ids, part.types, part.points
-        n += k
+    # Each point is looked up by its value, in no order: a cache that keeps the points'
+    # pages once read makes the read about a quarter faster.
+    (cache,) = conn.execute("PRAGMA main.cache_size").fetchone()
+    conn.execute(f"PRAGMA main.cache_size = -{READ_CACHE_KIB}")
+    try:
+        cur = conn.execute(_table_query("", cap), {"cap": cap})
+        while rows := cur.fetchmany(batch):
+            part = MatchableRows.of(rows)
+            k = len(part.ids)
+            out.ids[n : n + k], out.types[n : n + k], out.points[n : n + k] = part.ids, part.types, part.points
+            n += k
+    finally:
+        conn.execute(f"PRAGMA main.cache_size = {cache}")
     return MatchableRows(out.ids[:n], out.types[:n], out.points[:n])
 
 
