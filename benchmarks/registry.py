@@ -76,12 +76,7 @@ def _import(rows: int, db: Path) -> dict:
         # Hashing is timed before and after the import and the faster kept: a neighbour's
         # burst during one short timing would otherwise flatter the import's ratio.
         before = hash_rates()
-        store.init(db)
-        conn = store.connect(db)
-        start = time.perf_counter()
-        with csv_path.open("rb") as f:
-            report = imports.import_file(conn, f, "csv", "bench")
-        seconds = time.perf_counter() - start
+        conn, report, seconds = _import_into_new(csv_path, db)
         reading = _reading_cpu(conn, csv_path, max(rows // 10, 1))
         report_s = _impact_seconds(conn, rows)
         conn.close()
@@ -93,16 +88,22 @@ def _import(rows: int, db: Path) -> dict:
             "impact_report_s": report_s, "peak_kib": _peak_kib()}
 
 
-def _timed_import(csv_path: Path, db: Path) -> dict:
-    """One import of a CSV file into a new registry, as ``baseline_import.py`` times the
-    baseline's."""
-    warm_up()
+def _import_into_new(csv_path: Path, db: Path) -> tuple:
+    """A new registry at ``db`` and one timed import of ``csv_path`` into it: the open
+    connection, the import's report and its seconds."""
     store.init(db)
     conn = store.connect(db)
     start = time.perf_counter()
     with csv_path.open("rb") as f:
         report = imports.import_file(conn, f, "csv", "bench")
-    seconds = time.perf_counter() - start
+    return conn, report, time.perf_counter() - start
+
+
+def _timed_import(csv_path: Path, db: Path) -> dict:
+    """One import of a CSV file into a new registry, as ``baseline_import.py`` times the
+    baseline's."""
+    warm_up()
+    conn, report, seconds = _import_into_new(csv_path, db)
     conn.close()
     return {"rows": report.imported_rows, "import_s": seconds, "store_s": report.apply_seconds}
 
