@@ -14,7 +14,6 @@ import random
 from collections import Counter
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from psi_server import store
 from psi_server.registry import changes, imports, rows
 from psi_server.registry.sources import Source, recording

@@ -116,6 +116,42 @@ def test_cap_limits_identifiers_per_user_and_shared_values_appear_once(tmp_path)
     assert table(path, cap=9) == points_of("email", [value_hash(i) for i in range(4)])
 
 
+@pytest.mark.parametrize("cap", [1, 2])
+def test_full_read_matches_each_row_to_its_own_values_point(tmp_path, cap):
+    """The live set's full read (rows and points in two sorted passes, batch by batch)
+    gives every matchable identifier the point of its own value, the same rows as the
+    per-user read, for both types and with values any byte may start."""
+    path = db(tmp_path)
+    conn = store.connect(path)
+    rows = []
+    for u in range(150):
+        consent = "revoked" if u % 7 == 0 else "granted"
+        for k in range(u % 3 + 1):
+            purpose = "security" if (u + k) % 5 == 0 else "account"
+            rows.append((f"u{u}", "email", email(u * 3 + k), purpose, consent, "2026-01-01T00:00:00Z"))
+            rows.append((f"u{u}", "email", email(k), "account", consent, "2026-01-01T00:00:00Z"))
+        if u % 2:
+            rows.append((f"u{u}", "phone", f"+1415555{u:04d}", "account", consent, "2026-01-01T00:00:00Z"))
+    import_rows(conn, rows)
+    conn.execute("BEGIN")
+    full = tables.read_matchable(conn, cap, batch=7)
+    users = [u for (u,) in conn.execute("SELECT user_id FROM users")]
+    per_user = tables.matchable_of_users(conn, cap, users)
+    values = {i: (t, v) for i, t, v in conn.execute("SELECT id, id_type, value_hash FROM identifiers")}
+    conn.execute("COMMIT")
+
+    def as_set(m):
+        return {(int(i), int(t), p.tobytes()) for i, t, p in zip(m.ids, m.types, m.points)}
+
+    assert len(full.ids) == len(set(full.ids.tolist())) > 100
+    assert as_set(full) == as_set(per_user)
+    assert set(full.types.tolist()) == {0, 1}
+    for i, t, p in as_set(full):
+        id_type, value = values[i]
+        assert points_of(id_type, [value]) == {p}
+    conn.close()
+
+
 def test_cap_keeps_a_users_earliest_imported_identifiers(tmp_path):
     path = db(tmp_path)
     conn = store.connect(path)
