@@ -51,4 +51,4 @@ class InvalidPointError(PSIError, ValueError):
 
 
 class ProtocolError(PSIError, ValueError):
-    """A protocol message violates the rules of DESIGN section 2."""
+    """A protocol message breaks the protocol's rules (order, sizes, encodings)."""

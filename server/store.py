@@ -122,7 +122,7 @@ BEGIN
     SELECT user_id FROM identifiers WHERE id = NEW.identifier_id;
 END;
 
--- THE definition of matchable (DESIGN section 4). Everything that builds or updates a
+-- THE definition of matchable. Everything that builds or updates a
 -- table reads this view; nothing else decides.
 CREATE VIEW matchable AS
 SELECT i.id AS identifier_id, i.user_id, i.id_type, i.value_hash
