@@ -98,15 +98,26 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_kill_between_charge_and_reply(tmp_path):
+def serve_crashing(tmp_path, script: str):
+    """A registry and a server whose process runs ``script`` (which kills it at some
+    step of a session); returns the database, the token file, the address and the
+    process, already serving."""
     db, token_file = make_registry(tmp_path, SYN.rows, budget=1)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"
     args = ["serve", "--db", db, "--listen", address, "--insecure", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_AFTER_CHARGE, *args],
+    proc = subprocess.Popen([sys.executable, "-c", script, *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_serving(address)
+    except BaseException:
+        proc.kill()
+        raise
+    return db, token_file, address, proc
+
+
+def test_kill_between_charge_and_reply(tmp_path):
+    db, token_file, address, proc = serve_crashing(tmp_path, CRASH_AFTER_CHARGE)
+    try:
         with pytest.raises(MatchFailed) as info:
             match(client(address, token_file.read_text().strip()), encoded(LIST), 0.2)
         assert info.value.kind == "server"
@@ -143,13 +154,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_connection_lost_after_acceptance_is_reported_as_charged(tmp_path):
-    db, token_file = make_registry(tmp_path, SYN.rows, budget=1)
-    address = f"127.0.0.1:{free_port()}"
-    args = ["serve", "--db", db, "--listen", address, "--insecure", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_AFTER_ACCEPTED, *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db, token_file, address, proc = serve_crashing(tmp_path, CRASH_AFTER_ACCEPTED)
     try:
-        wait_serving(address)
         listing = tmp_path / "list.txt"
         listing.write_text("\n".join(LIST) + "\n")
         code, out, err = psi_match(address, token_file, listing, "--epsilon", "0.2")
