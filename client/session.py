@@ -50,8 +50,6 @@ class ClientConfig:
     timeout: float = 3600.0
 
 
-
-
 def _metadata(config: ClientConfig) -> tuple:
     return (("authorization", f"Bearer {config.token}"),)
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gmpy2
 import numpy as np
 
-from . import backend
-
 __all__ = ["as_points", "canonical_mask", "off_curve_count"]
 
 _P = gmpy2.mpz(2**255 - 19)
@@ -51,12 +49,6 @@ def canonical_mask(points: np.ndarray) -> np.ndarray:
 def off_curve_count(points: np.ndarray) -> int:
     """Number of u-coordinates that lie on the twist rather than the curve (a
     non-canonical encoding is judged by its integer value mod p)."""
-    lib = backend.native()
-    if lib is not None:
-        points = as_points(points)
-        status = np.empty(len(points), dtype=np.uint8)
-        lib.classify(points, status, backend.avx2())
-        return int(np.count_nonzero(status & lib.TWIST))
     from_bytes = gmpy2.mpz.from_bytes
     jacobi = gmpy2.jacobi
     p, a = _P, _A

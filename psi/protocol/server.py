@@ -358,6 +358,8 @@ class ServerSession:
 
     @staticmethod
     def _table_order(size: int) -> np.ndarray:
+        # A CSPRNG order. A method of its own so that the attack tests' foil, a server
+        # that keeps registry order, differs from this one in nothing else.
         return random_permutation(size)
 
     # -- R: the returned digests, and the release ----------------------------------------
