@@ -24,6 +24,15 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def _cluster_down() -> SessionError:
+    return SessionError(
+        "UNAVAILABLE",
+        "the server cannot compute right now (its compute cluster is unreachable); "
+        "nothing was charged, retry later",
+        "unavailable",
+    )
+
+
 class Availability:
     """The server's serving state, published on ``servicer`` for the overall server ("")
     and for each of ``services``.
@@ -67,14 +76,22 @@ class Availability:
         if self.serving():
             return None
         if self._ready and not self._stopping:
-            return SessionError(
-                "UNAVAILABLE",
-                "the server cannot compute right now (its compute cluster is unreachable); "
-                "nothing was charged, retry later",
-                "unavailable",
-            )
+            return _cluster_down()
         return SessionError(
             "UNAVAILABLE", "the server is starting or stopping; nothing was charged, retry later"
+        )
+
+    def lost_cluster(self, charged: bool) -> SessionError | None:
+        """Why a running session failed, when the cause is the executor having gone
+        away while the server serves; None for any other failure (a shutdown included)."""
+        if not self._ready or self._stopping or self._executor_available():
+            return None
+        if not charged:
+            return _cluster_down()
+        return SessionError(
+            "UNAVAILABLE",
+            "the server's compute cluster became unreachable; the session was charged",
+            "unavailable",
         )
 
     def admit(self) -> None:

@@ -40,7 +40,6 @@ __all__ = ["MatcherService", "ServerConfig", "is_loopback", "start_server", "wai
 SERVICE_NAME = "psi.v2.Matcher"
 # Clients of earlier protocol versions call these; they are told which version to use.
 RETIRED_SERVICES = ("psi.v1.Matcher",)
-MAX_RECEIVE_BYTES = 1 << 20  # a chunk of points or digests is at most 512 KiB
 # Session errors name their gRPC status; every status a session can end with is here.
 STATUS = {
     name: getattr(grpc.StatusCode, name)
@@ -200,11 +199,8 @@ class MatcherService(pb_grpc.MatcherServicer):
         except Exception:
             session.fail()
             if context.is_active():
-                refusal = self.availability.refusal()  # the executor went away mid-session
+                refusal = self.availability.lost_cluster(session.charged)
                 if refusal is not None:
-                    if session.charged:
-                        refusal = SessionError("UNAVAILABLE", "the server's compute cluster became "
-                                               "unreachable; the session was charged", refusal.reason)
                     log.info("session for %s ended: %s", adv.name, refusal.message)
                     self._abort(context, refusal)
                 log.exception("session for %s failed", adv.name)
@@ -368,7 +364,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    availability = Availability(health_servicer, (SERVICE_NAME,), config.executor)
+    availability = Availability(health_servicer, (SERVICE_NAME,), executor)
     service = MatcherService(config, live, executor, availability)
     server.add_generic_rpc_handlers(_handlers(service))
     check_listen(config.listen)
