@@ -15,7 +15,7 @@ from functools import lru_cache
 from itertools import islice
 
 from psi.errors import InvalidIdentifierError
-from psi.identifiers import ID_TYPES, encode_identifier
+from psi.identifiers import DEFAULT_REGION, ID_TYPES, encode_identifier
 from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .times import FUTURE_SKEW, parse_time
@@ -42,8 +42,6 @@ COLUMNS = ("user_id", "id_type", "identifier", "purpose", "consent", "updated_at
 # withdraws that purpose, and the identifier itself once it has none left.
 OPTIONAL_COLUMNS = ("action",)
 ACTIONS = ("add", "remove")
-# Where national phone numbers (without a country code) are taken to be.
-DEFAULT_REGION = "US"
 PURPOSES = ("account", "security", "advertising")
 STATES = ("granted", "revoked")
 MAX_USER_ID = 128
