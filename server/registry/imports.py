@@ -159,11 +159,21 @@ def _read_batch(
             read.errors.append((number, str(exc)))
     read.removes = any(r[6] == "remove" for r in read.staged)
     if hashing:
-        keys = list(dict.fromkeys((r[1], r[2]) for r in read.staged if r[6] == "add"))
-        fresh = {key: p.tobytes() for key, p in zip(keys, _hash_batch(keys))}
-        read.staged = [(*r, fresh.get((r[1], r[2]))) for r in read.staged]
+        keys = _added_keys(read.staged)
+        read.staged = _with_points(read.staged, keys, _hash_batch(keys))
         read.hashed = len(keys)
     return read
+
+
+def _added_keys(staged: list[tuple]) -> list[tuple[str, bytes]]:
+    """The distinct ``(id_type, value_hash)`` of the rows that add an identifier."""
+    return list(dict.fromkeys((r[1], r[2]) for r in staged if r[6] == "add"))
+
+
+def _with_points(staged: list[tuple], keys: list[tuple[str, bytes]], points: np.ndarray) -> list[tuple]:
+    """Each row followed by its value's point where ``keys`` has it, else None."""
+    fresh = {key: p.tobytes() for key, p in zip(keys, points)}
+    return [(*r, fresh.get((r[1], r[2]))) for r in staged]
 
 
 def _hash_batch(keys: list[tuple[str, bytes]]) -> np.ndarray:
@@ -265,15 +275,14 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool) -> tuple[b
 
     def hash_tasks() -> Iterator[tuple[list[tuple[str, bytes]]]]:
         for batch in read:
-            added = list(dict.fromkeys((r[1], r[2]) for r in batch.staged if r[6] == "add"))
+            added = _added_keys(batch.staged)
             missing = _missing_points(conn, added)
             pending.append((batch, missing))
             yield (missing,)
 
     for points in imap(pool, _hash_batch, hash_tasks()):
         batch, missing = pending.popleft()
-        fresh = {key: p.tobytes() for key, p in zip(missing, points)}
-        stage(batch, [(*r, fresh.get((r[1], r[2]))) for r in batch.staged])
+        stage(batch, _with_points(batch.staged, missing, points))
         report.points_hashed += len(missing)
     return removals, False
 
