@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+# Each id type's code in ``MatchableRows.types``.
+_TYPE_CODES = {t: i for i, t in enumerate(ID_TYPES)}
+
+
 def _chosen(where: str, cap: int) -> str:
     """Rows ``(id_type, identifier id, value_hash)`` that belong in the tables, from the
     ``matchable`` view.
@@ -71,10 +75,9 @@ class MatchableRows:
 
     @classmethod
     def of(cls, rows: list[tuple[int, str, bytes]]) -> MatchableRows:
-        code = {t: i for i, t in enumerate(ID_TYPES)}
         return cls(
             np.fromiter((r[0] for r in rows), np.int64, len(rows)),
-            np.fromiter((code[r[1]] for r in rows), np.uint8, len(rows)),
+            np.fromiter((_TYPE_CODES[r[1]] for r in rows), np.uint8, len(rows)),
             as_points(b"".join(r[2] for r in rows)),
         )
 
@@ -90,12 +93,11 @@ def read_matchable(conn: sqlite3.Connection, cap: int, batch: int = 65536) -> Ma
     (most,) = conn.execute("SELECT COUNT(*) FROM identifiers").fetchone()
     ids, types = np.empty(most, np.int64), np.empty(most, np.uint8)
     values = np.empty(most, "S32")  # compared as SQLite compares blobs, byte by byte
-    code = {t: i for i, t in enumerate(ID_TYPES)}
     n = 0
     cur = conn.execute(_chosen("", cap), {"cap": cap})
     while rows := cur.fetchmany(batch):
         k = len(rows)
-        types[n : n + k] = np.fromiter((code[r[0]] for r in rows), np.uint8, k)
+        types[n : n + k] = np.fromiter((_TYPE_CODES[r[0]] for r in rows), np.uint8, k)
         ids[n : n + k] = np.fromiter((r[1] for r in rows), np.int64, k)
         values[n : n + k] = np.frombuffer(b"".join(r[2] for r in rows), "S32")
         n += k
