@@ -46,9 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "138158c"
 
 
-def _peak_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (``VmHWM``, ``VmRSS``)."""
     status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0])
+    return int(status.split(f"{field}:")[1].split()[0])
+
+
+def _peak_kib() -> int:
+    return _status_kib("VmHWM")
 
 
 def _rows(n: int):
@@ -228,11 +233,6 @@ def _live(db: Path, rounds: int) -> dict:
             "peak_kib": peak, "peak_before_build_kib": base}
 
 
-def _rss_kib() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0])
-
-
 def _session_memory(items: int) -> dict:
     """What one session's list costs the server: a session receives ``items`` blinded
     points in groups of one, blinds and indexes them; its peak, and what it holds while
@@ -255,14 +255,14 @@ def _session_memory(items: int) -> dict:
     trim = ctypes.CDLL("libc.so.6").malloc_trim
     trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # the peak counts from here
-    before = _rss_kib()
+    before = _status_kib("VmRSS")
     step = 16384
     for i in range(0, items, step):
         chunk = points[i : i + step]
         session.receive(pb.ClientMessage(items=pb.Items(points=chunk.tobytes(), group_sizes=[1] * len(chunk))))
     peak = _peak_kib() - before
     trim(0)
-    held = _rss_kib() - before
+    held = _status_kib("VmRSS") - before
     return {"items": items, "peak_bytes_per_item": 1024 * peak / items, "held_bytes_per_item": 1024 * held / items}
 
 
