@@ -10,7 +10,6 @@ number and the rule they broke, never by content. Files are opened by ``files``
 from __future__ import annotations
 
 import gzip
-import hashlib
 import zlib
 from array import array
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,8 @@ from psi.identifiers import (
     normalize_email,
     read_phone,
     region_code,
+    type_prefix,
+    value_digest,
 )
 from psi.parallel import get_executor, imap
 from psi.records import MalformedFile
@@ -258,7 +259,7 @@ def _encode(value: _Value, prehashed: bool, out: _Encoded) -> bytes:
         out.mismatched[type_index] += 1
         raise InvalidIdentifierError(id_type, RAW_BUT_HASHED)
     if id_type == "email":
-        return hashlib.sha256(normalize_email(text).encode("utf-8")).digest()
+        return value_digest(normalize_email(text))
     try:
         e164, national = read_phone(text, region)
     except InvalidIdentifierError as exc:
@@ -267,7 +268,7 @@ def _encode(value: _Value, prehashed: bool, out: _Encoded) -> bytes:
         raise
     if national and default_region:
         out.national_phones += 1
-    return hashlib.sha256(e164.encode("ascii")).digest()
+    return value_digest(e164)
 
 
 def _encode_batch(values: list[_Value], prehashed: bool) -> _Encoded:
@@ -444,7 +445,7 @@ def read_customers(
 def _items(grouping: Grouping) -> list[bytes]:
     """``id_type || 0x00 || digest`` of each identifier, by customer; built a slice at a
     time so no index list as long as the list is held besides."""
-    prefixes = [t.encode("ascii") + b"\x00" for t in ID_TYPES]
+    prefixes = [type_prefix(t) for t in ID_TYPES]
     digests, items = grouping.digests, []
     for start in range(0, grouping.order.size, _ITEMS_CHUNK):
         positions = grouping.order[start : start + _ITEMS_CHUNK]

@@ -31,6 +31,8 @@ __all__ = [
     "normalize_phone",
     "read_phone",
     "region_code",
+    "type_prefix",
+    "value_digest",
 ]
 
 ID_TYPES = ("email", "phone")
@@ -241,7 +243,8 @@ def normalize(id_type: str, value: str, region: str | None = DEFAULT_REGION) -> 
     raise InvalidIdentifierError(id_type, f"unknown id type (expected one of {', '.join(ID_TYPES)})")
 
 
-def _prefix(id_type: str) -> bytes:
+def type_prefix(id_type: str) -> bytes:
+    """``id_type || 0x00``, which each digest follows in an encoded identifier."""
     if id_type not in ID_TYPES:
         raise InvalidIdentifierError(
             str(id_type)[:16], f"unknown id type (expected one of {', '.join(ID_TYPES)})"
@@ -257,11 +260,16 @@ def encode_identifier(
     With ``prehashed=True``, ``value`` is the hex SHA-256 of the already normalized
     identifier (64 hex digits, either case).
     """
-    prefix = _prefix(id_type)
+    prefix = type_prefix(id_type)
     if prehashed:
         return prefix + digest_from_hex(id_type, value)
     normalized = normalize(id_type, value, region)
-    return prefix + hashlib.sha256(normalized.encode("utf-8")).digest()
+    return prefix + value_digest(normalized)
+
+
+def value_digest(normalized: str) -> bytes:
+    """SHA-256 of a normalized identifier, as both parties hash it."""
+    return hashlib.sha256(normalized.encode("utf-8")).digest()
 
 
 @dataclass
@@ -284,7 +292,7 @@ def encode_identifiers(
     region: str | None = DEFAULT_REGION,
 ) -> EncodedList:
     """Encode numbered rows, keeping distinct encodings and recording invalid rows."""
-    _prefix(id_type)
+    type_prefix(id_type)
     seen: dict[bytes, None] = {}
     result = EncodedList()
     for number, value in rows:
