@@ -38,8 +38,11 @@ def decoded_lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | None]]:
             yield number, None
 
 
-def csv_records(raw: Iterable[bytes]) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """``(first line, fields, problem)`` for each non-blank CSV record, header included.
+def csv_records(
+    raw: Iterable[bytes], first: int = 1
+) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """``(first line, fields, problem)`` for each non-blank CSV record, header included;
+    ``raw`` starts at line ``first`` of its file.
 
     A record spans several lines when a quoted field holds a newline; its number is the
     line it starts on. ``problem`` names what is wrong with a record, never its content.
@@ -48,7 +51,7 @@ def csv_records(raw: Iterable[bytes]) -> Iterator[tuple[int, list[str] | None, s
     bad: set[int] = set()
 
     def text() -> Iterator[str]:
-        for number, line in enumerate(raw, start=1):
+        for number, line in enumerate(raw, start=first):
             try:
                 yield line.decode("utf-8")
             except UnicodeDecodeError:
@@ -59,14 +62,14 @@ def csv_records(raw: Iterable[bytes]) -> Iterator[tuple[int, list[str] | None, s
 
     reader = csv.reader(text(), strict=True)
     while True:
-        start = reader.line_num + 1
+        start = reader.line_num + first
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise MalformedFile(start, str(exc)) from None
-        if any(n in bad for n in range(start, reader.line_num + 1)):
+        if any(n in bad for n in range(start, reader.line_num + first)):
             yield start, None, NOT_UTF8
         elif fields and not (len(fields) == 1 and not fields[0].strip()):  # blank lines
             yield start, fields, None

@@ -189,11 +189,7 @@ def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Ba
 
     def again(first: int) -> list[tuple[int, list[str] | None, str | None]]:
         """The kept lines read by ``csv_records``, numbered from ``first``."""
-        try:
-            return [(first - 1 + n, cells, problem) for n, cells, problem in csv_records(kept)]
-        except MalformedFile as exc:
-            reason = str(exc).split("malformed CSV (", 1)[1][:-1]
-            raise MalformedFile(first - 1 + exc.line, reason) from None
+        return list(csv_records(kept, first))
 
     header = None
     while header is None:
