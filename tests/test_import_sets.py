@@ -11,7 +11,10 @@ different identifiers, the change log's entries of one transaction (read as a se
 import hashlib
 import io
 import random
+import tempfile
 from collections import Counter
+from concurrent.futures import Future
+from pathlib import Path
 
 from hypothesis import given, settings
 from psi_server import store
@@ -19,7 +22,7 @@ from psi_server.registry import changes, imports, rows
 from psi_server.registry.sources import Source, recording
 
 from psi import hash_to_curve
-from psi.parallel import InlineExecutor
+from psi.parallel import InlineExecutor, get_executor
 
 from . import registry_model as model
 
@@ -34,7 +37,10 @@ def reference_import(conn, data: bytes, name: str) -> None:
         for statement in (imports._STAGING, *imports._KEYED):
             conn.execute(statement)
         layout, batches = rows.csv_batches(io.BytesIO(data), imports.BATCH)
-        removals, _ = imports._stage(conn, layout, batches, imports.ImportReport(), "US", InlineExecutor())
+        with tempfile.TemporaryDirectory() as directory:  # (points are computed below)
+            hashing = imports._Hashing(directory)
+            removals = imports._stage(conn, layout, batches, imports.ImportReport(), "US", InlineExecutor(), hashing)
+            hashing.stop()
         added = f"{STAGE}.rows"
         if removals:
             imports._net_purposes(conn)
@@ -46,9 +52,12 @@ def reference_import(conn, data: bytes, name: str) -> None:
             conn.execute(f"INSERT OR IGNORE INTO users (user_id) SELECT DISTINCT user_id FROM {STAGE}.rows "
                          "WHERE action = 'add'")
             # points first, held by nobody: the identifiers' trigger counts their holders
-            conn.execute("INSERT OR IGNORE INTO points (id_type, value_hash, point, holders) "
-                         f"SELECT id_type, value_hash, point, 0 FROM {STAGE}.rows "
-                         "WHERE action = 'add' AND point IS NOT NULL")
+            values = conn.execute(f"SELECT DISTINCT id_type, value_hash FROM {STAGE}.rows AS s "
+                                  "WHERE action = 'add' AND NOT EXISTS (SELECT 1 FROM points AS p "
+                                  "WHERE p.id_type = s.id_type AND p.value_hash = s.value_hash)").fetchall()
+            points = hash_to_curve([t.encode() + b"\x00" + v for t, v in values], workers=1)
+            conn.executemany("INSERT INTO points (id_type, value_hash, point, holders) VALUES (?, ?, ?, 0)",
+                             [(t, v, p.tobytes()) for (t, v), p in zip(values, points)])
             kept = (f" AND EXISTS (SELECT 1 FROM {added} AS i WHERE {SAME} AND i.action = 'add')"
                     if removals else "")
             conn.execute("INSERT OR IGNORE INTO identifiers (id, user_id, id_type, value_hash) "
@@ -134,6 +143,8 @@ def apply_both(sets, triggers, index: int, op: tuple) -> None:
         model.run(sets, index, op)
         model.run(triggers, index, op)
     assert contents(sets, log_from) == contents(triggers, log_from)
+    # the import writes without checking foreign keys: its rows must satisfy them
+    assert sets.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 @settings(max_examples=80, deadline=None)
@@ -230,3 +241,52 @@ def test_points_stored_or_removed_while_a_file_is_read(tmp_path):
     assert store.integrity_ok(conn)
     other.close()
     conn.close()
+
+
+def test_a_pool_hashes_the_new_values_of_several_batches_while_the_transaction_runs(tmp_path):
+    """Worker processes hash every value the registry lacks, once per batch it first
+    appears in, and write each point where the final transaction reads it."""
+    path = tmp_path / "r.db"
+    store.init(path)
+    conn = store.connect(path)
+    pool = get_executor(2)
+    first = [model.Row(u, u % 9_000, "account", "granted", 1, "add", False) for u in range(2 * imports.BATCH + 5)]
+    report = imports.import_file(conn, io.BytesIO(csv_of(first)), "csv", "first", executor=pool)
+    # values repeat across the three batches: each batch hashes those it adds
+    per_batch = sum(len({r.value for r in first[i : i + imports.BATCH]}) for i in range(0, len(first), imports.BATCH))
+    assert report.new_identifiers == len(first) and report.points_hashed == per_batch
+    points_are_held(conn)
+    # into a registry holding points: only the values it lacks are hashed
+    second = [model.Row(u, v, "advertising", "granted", 2, "add", False) for u, v in ((1, 5), (2, 9_000), (3, 9_001))]
+    report = imports.import_file(conn, io.BytesIO(csv_of(second)), "csv", "second", executor=pool)
+    assert report.points_hashed == 2 and report.new_identifiers == 3
+    points_are_held(conn)
+    assert store.integrity_ok(conn)
+    conn.close()
+
+
+class _HashingFails(InlineExecutor):
+    """Runs every task but the hashing, which fails as a full disk would."""
+
+    def submit(self, fn, /, *args):
+        if fn is imports._hash_slice:
+            failed = Future()
+            failed.set_exception(OSError(28, "No space left on device"))
+            return failed
+        return super().submit(fn, *args)
+
+
+def test_a_failed_hashing_task_fails_the_import_and_leaves_nothing(tmp_path):
+    sets, _ = registries(tmp_path)
+    before = contents(sets, 0)
+    leftovers = set(Path(tempfile.gettempdir()).glob("psi-import-*"))
+    data = csv_of([model.Row(1, 1, "account", "granted", 1, "add", False)])
+    try:
+        imports.import_file(sets, io.BytesIO(data), "csv", "first", executor=_HashingFails())
+        raise AssertionError("the import should have failed")
+    except OSError as exc:
+        assert exc.errno == 28
+    assert contents(sets, 0) == before
+    assert set(Path(tempfile.gettempdir()).glob("psi-import-*")) == leftovers
+    assert [name for _, name, _ in sets.execute("PRAGMA database_list")] == ["main"]
+    sets.close()

@@ -4,6 +4,7 @@ An import is staged first and applied in one transaction at the end: a file whos
 line revokes a consent granted on its first line must never be half applied, and a
 failure (bad disk, killed process) leaves the registry exactly as it was. A value the
 registry already holds is not hashed again: its stored point serves the new identifier.
+The others are hashed by the pool while the final transaction runs (``_Hashing``).
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
@@ -20,16 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from psi import hash_to_curve
-from psi.identifiers import ID_TYPES
+from psi.identifiers import ID_TYPES, type_prefix
 from psi.parallel import Executor, cpu_count, get_executor, imap
 from psi.records import MalformedFile
 
@@ -103,7 +107,9 @@ CREATE TABLE {_STAGE}.rows (
     user_id TEXT NOT NULL, id_type TEXT NOT NULL, value_hash BLOB NOT NULL,
     purpose TEXT NOT NULL, consent TEXT NOT NULL, effective_at TEXT NOT NULL,
     action TEXT NOT NULL,
-    point BLOB  -- the hashed point, where the registry did not have it yet
+    -- On the first row of a batch adding a value the registry has no point for: the
+    -- value's place among the values hashed (see ``_Hashing``).
+    hashed INTEGER
 )"""
 _ROW = "user_id, id_type, value_hash, purpose, consent, effective_at, action"
 _SAME_IDENTIFIER = "i.user_id = s.user_id AND i.id_type = s.id_type AND i.value_hash = s.value_hash"
@@ -136,48 +142,145 @@ class _Read:
 
     rows: int  # records, malformed ones included
     errors: list[tuple[int, str]]
-    staged: list[tuple]  # validated rows, each followed by its point when hashed here
-    hashed: int
+    staged: list[tuple]  # validated rows, then the place of the value they hash, if any
     removes: bool  # whether a row withdraws a purpose
+    keys: bytes  # the values to hash, in the order of their places (``_KEY_BYTES`` each)
 
 
 def _read_batch(
     batch: Batch, layout: CsvLayout | None, region: str | None, latest: str, hashing: bool
 ) -> _Read:
-    """Pool task: read and validate one batch; with ``hashing``, also hash each value it
-    adds (the registry held no point when the import began, so none can be reused).
-    A withdrawal needs no point: only identifiers being added are hashed."""
-    read = _Read(0, [], [], 0, False)
+    """Pool task: read and validate one batch; with ``hashing``, also choose each value
+    it adds to be hashed (the registry held no point when the import began, so none can
+    be reused). A withdrawal needs no point: only identifiers being added are hashed."""
+    read = _Read(0, [], [], False, b"")
     for number, fields, problem in batch_records(batch, layout):
         read.rows += 1
         if problem:
             read.errors.append((number, problem))
             continue
         try:
-            read.staged.append(check_row(fields, region, latest))
+            read.staged.append((*check_row(fields, region, latest), None))
         except ValueError as exc:
             read.errors.append((number, str(exc)))
     read.removes = any(r[6] == "remove" for r in read.staged)
     if hashing:
-        keys = _added_keys(read.staged)
-        read.staged = _with_points(read.staged, keys, _hash_batch(keys))
-        read.hashed = len(keys)
+        read.keys = _choose(read.staged, _first_adds(read.staged))
     return read
 
 
-def _added_keys(staged: list[tuple]) -> list[tuple[str, bytes]]:
-    """The distinct ``(id_type, value_hash)`` of the rows that add an identifier."""
-    return list(dict.fromkeys((r[1], r[2]) for r in staged if r[6] == "add"))
+def _first_adds(staged: list[tuple]) -> dict[tuple[str, bytes], int]:
+    """Each value the rows add, ``(id_type, value_hash)``, with the first row adding it."""
+    first: dict[tuple[str, bytes], int] = {}
+    for i, r in enumerate(staged):
+        if r[6] == "add":
+            first.setdefault((r[1], r[2]), i)
+    return first
 
 
-def _with_points(staged: list[tuple], keys: list[tuple[str, bytes]], points: np.ndarray) -> list[tuple]:
-    """Each row followed by its value's point where ``keys`` has it, else None."""
-    fresh = {key: p.tobytes() for key, p in zip(keys, points)}
-    return [(*r, fresh.get((r[1], r[2]))) for r in staged]
+def _choose(staged: list[tuple], chosen: dict[tuple[str, bytes], int]) -> bytes:
+    """Mark each chosen value's row with the value's place among those to hash (from 0,
+    in this batch); returns the values as the hashing's key file holds them."""
+    for place, i in enumerate(chosen.values()):
+        staged[i] = (*staged[i][:-1], place)
+    return b"".join(bytes((ID_TYPES.index(t),)) + h for t, h in chosen)
 
 
-def _hash_batch(keys: list[tuple[str, bytes]]) -> np.ndarray:
-    return hash_to_curve([t.encode() + b"\x00" + h for t, h in keys], workers=1)
+# A value to hash in the hashing's key file: its type's index in ID_TYPES, then its hash.
+_KEY_BYTES = 33
+
+
+def _hash_keys(keys: list[tuple[str, bytes]]) -> np.ndarray:
+    return hash_to_curve([type_prefix(t) + h for t, h in keys], workers=1)
+
+
+def _hash_slice(directory: str, first: int, count: int) -> None:
+    """Pool task: hash the key file's values ``first`` to ``first + count`` and write
+    their points at the same places of the point file."""
+    with open(Path(directory) / "keys", "rb") as f:
+        f.seek(first * _KEY_BYTES)
+        keys = f.read(count * _KEY_BYTES)
+    points = _hash_keys([(ID_TYPES[keys[i]], keys[i + 1 : i + _KEY_BYTES])
+                         for i in range(0, len(keys), _KEY_BYTES)])
+    with open(Path(directory) / "points", "r+b") as f:
+        f.seek(first * 32)
+        f.write(points.tobytes())
+
+
+class _Hashing:
+    """The points of the values the file adds that the registry lacks.
+
+    Staging writes each such value (once per batch) to a key file; the pool hashes them
+    while this process runs the final transaction, which waits for the points only at
+    its end. Reading the file keeps every core busy, but the transaction's SQLite work
+    takes one: the others would sit idle for as long. One core is left to SQLite.
+
+    A value is chosen when its batch is read: one stored by another writer before the
+    transaction is then hashed twice, and one removed since is hashed in the
+    transaction (``_add_points``). Files, not memory, hold the values and their points
+    until the transaction reads the points (32 bytes each)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.count = 0
+        self._keys = open(Path(directory) / "keys", "wb")
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stopping = False
+
+    def add(self, keys: bytes) -> int:
+        """Append a batch's values to hash; returns the place of its first."""
+        first = self.count
+        self._keys.write(keys)
+        self.count += len(keys) // _KEY_BYTES
+        return first
+
+    def start(self, pool: Executor) -> None:
+        self._keys.close()
+        with open(Path(self.directory) / "points", "wb") as f:
+            f.truncate(self.count * 32)
+        tasks = [(self.directory, first, min(BATCH, self.count - first))
+                 for first in range(0, self.count, BATCH)]
+        lanes = max(1, pool.workers - 1)
+
+        def run() -> None:
+            running: deque = deque()
+            try:
+                for task in tasks:
+                    if self._stopping:
+                        break
+                    running.append(pool.submit(_hash_slice, *task))
+                    if len(running) >= lanes:
+                        running.popleft().result()
+                while running:
+                    running.popleft().result()
+            except BaseException as exc:  # raised in the transaction, by ``points``
+                self._error = exc
+            finally:
+                for task in running:
+                    task.cancel()
+                for task in running:
+                    if not task.cancelled():
+                        task.exception()
+
+        self._thread = threading.Thread(target=run, name="import-hashing", daemon=True)
+        self._thread.start()
+
+    def points(self) -> bytes:
+        """Every point, in the order of their places, once hashed (a task's failure is
+        raised here)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return (Path(self.directory) / "points").read_bytes()
+
+    def stop(self) -> None:
+        """No task runs past this (they write the directory)."""
+        self._keys.close()
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join()
 
 
 def import_file(
@@ -208,83 +311,60 @@ def import_file(
         conn.execute(f"PRAGMA {_STAGE}.cache_size = -{APPLY_CACHE_KIB}")
         for statement in (_STAGING, *_KEYED):
             conn.execute(statement)
-        try:
-            if fmt == "jsonl":
-                layout, batches = None, jsonl_batches(digested, BATCH)
-            else:
-                layout, batches = csv_batches(digested, BATCH)
-            removals, hashing = _stage(conn, layout, batches, report, region, pool)
-        except MalformedFile as exc:
-            raise ImportFileError(str(exc)) from None
-        report.errors.sort()
-        report.digest = digested.sha.hexdigest()
-        if on_apply is not None:
-            on_apply(report.imported_rows)
-        _prepare(conn, report, removals)
-        settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
-                    for p in ("main.cache_size", "threads", "wal_autocheckpoint")}
-        conn.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
-        # Sorting (grouping the file's rows by value, say) on every core.
-        conn.execute(f"PRAGMA threads = {cpu_count()}")
-        # The log is copied into the main file after the commit, as the commit would
-        # have done, but outside the time other writers wait for (they do not wait for it).
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            start = time.perf_counter()
-            _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
-            report.apply_seconds = time.perf_counter() - start
-        finally:
-            for pragma, value in settings.items():
-                conn.execute(f"PRAGMA {pragma} = {value}")
+        with tempfile.TemporaryDirectory(prefix="psi-import-") as directory:
+            hashing = _Hashing(directory)
+            try:
+                try:
+                    if fmt == "jsonl":
+                        layout, batches = None, jsonl_batches(digested, BATCH)
+                    else:
+                        layout, batches = csv_batches(digested, BATCH)
+                    removals = _stage(conn, layout, batches, report, region, pool, hashing)
+                except MalformedFile as exc:
+                    raise ImportFileError(str(exc)) from None
+                hashing.start(pool)
+                report.points_hashed = hashing.count
+                report.errors.sort()
+                report.digest = digested.sha.hexdigest()
+                if on_apply is not None:
+                    on_apply(report.imported_rows)
+                _prepare(conn, report, removals)
+                _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
+            finally:
+                hashing.stop()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     finally:
         conn.execute(f"DETACH DATABASE {_STAGE}")
     return report
 
 
-def _stage(conn, layout, batches, report: ImportReport, region, pool) -> tuple[bool, bool]:
-    """Validate, hash and stage every row (the registry's tables are not touched).
-    Returns whether any row withdraws a purpose, and whether every value was hashed."""
+def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _Hashing) -> bool:
+    """Validate and stage every row, choosing the values to hash (the registry's tables
+    are not touched). Returns whether any row withdraws a purpose."""
     latest = latest_accepted()
-    # An empty registry (a first load) has no point to reuse: each batch is then hashed
-    # in the task that reads it, with no lookup in between.
-    (hashing,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM points)").fetchone()
-    read = imap(pool, _read_batch, ((b, layout, region, latest, bool(hashing)) for b in batches))
+    # An empty registry (a first load) has no point to reuse: each batch's values are
+    # then chosen by the task that reads it, with no lookup in between.
+    (empty,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM points)").fetchone()
     removals = False
-
-    def stage(batch: _Read, rows: list[tuple]) -> None:
-        nonlocal removals
+    for batch in imap(pool, _read_batch, ((b, layout, region, latest, bool(empty)) for b in batches)):
         report.rows += batch.rows
         for number, reason in batch.errors:
             report.error(number, reason)
         removals = removals or batch.removes
+        keys = batch.keys
+        if not empty:
+            adds = _first_adds(batch.staged)
+            keys = _choose(batch.staged, {k: adds[k] for k in _missing_points(conn, list(adds))})
+        first = report.imported_rows + 1  # rows are numbered from 1, in order
         # The import's own database only: no lock on the registry is taken.
         with transaction(conn, immediate=False):
-            conn.executemany(f"INSERT INTO {_STAGE}.rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            for statement in _KEYING:  # rows are numbered from 1, in order
-                conn.execute(statement, (report.imported_rows + 1,))
-        report.imported_rows += len(rows)
-
-    if hashing:
-        for batch in read:
-            stage(batch, batch.staged)
-            report.points_hashed += batch.hashed
-        return removals, True
-
-    pending: deque[tuple[_Read, list[tuple[str, bytes]]]] = deque()
-
-    def hash_tasks() -> Iterator[tuple[list[tuple[str, bytes]]]]:
-        for batch in read:
-            added = _added_keys(batch.staged)
-            missing = _missing_points(conn, added)
-            pending.append((batch, missing))
-            yield (missing,)
-
-    for points in imap(pool, _hash_batch, hash_tasks()):
-        batch, missing = pending.popleft()
-        stage(batch, _with_points(batch.staged, missing, points))
-        report.points_hashed += len(missing)
-    return removals, False
+            conn.executemany(f"INSERT INTO {_STAGE}.rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.staged)
+            conn.execute(f"UPDATE {_STAGE}.rows SET hashed = hashed + ? "
+                         "WHERE rowid >= ? AND hashed IS NOT NULL", (hashing.add(keys), first))
+            for statement in _KEYING:
+                conn.execute(statement, (first,))
+        report.imported_rows += len(batch.staged)
+    return removals
 
 
 # The file's rows keyed as the registry's tables are written, filled batch by batch
@@ -345,27 +425,51 @@ def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Itera
 
 
 def _apply(
-    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool, hashing: bool
+    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool, hashing: _Hashing
 ) -> None:
-    with recording(conn, source) as source_id, _triggers_dropped(conn, _SET_BASED):
-        (base,) = conn.execute(
-            "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
-            "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
-        ).fetchone()
-        (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
-        _new_events(conn)
-        _add_users(conn)
-        _add_identifiers(conn, base, removals, hashing)
-        _add_purposes(conn, source_id)
-        if removals:
-            _withdraw(conn, report)
-        report.new_consent_events = _record_consent(conn, source_id)
-        report.new_identifiers = conn.execute(
-            "SELECT COUNT(*) FROM identifiers WHERE id > ?", (base,)
-        ).fetchone()[0]
-        report.consent_changes = conn.execute(
-            "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
-        ).fetchone()[0]
+    """The final transaction, with the settings it runs under."""
+    settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("main.cache_size", "threads", "wal_autocheckpoint", "foreign_keys")}
+    conn.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
+    # Each statement takes its references from the rows it joins (the tests check the
+    # keys after random imports); checking each again would look every one up twice.
+    conn.execute("PRAGMA foreign_keys = OFF")
+    # Sorting (grouping the file's rows by value, say) on every core.
+    conn.execute(f"PRAGMA threads = {cpu_count()}")
+    # The log is copied into the main file after the commit, as the commit would
+    # have done, but outside the time other writers wait for (they do not wait for it).
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        start = time.perf_counter()
+        with recording(conn, source) as source_id, _triggers_dropped(conn, _SET_BASED):
+            _write(conn, source_id, report, removals, hashing)
+        report.apply_seconds = time.perf_counter() - start
+    finally:
+        for pragma, value in settings.items():
+            conn.execute(f"PRAGMA {pragma} = {value}")
+
+
+def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, removals: bool,
+           hashing: _Hashing) -> None:
+    (base,) = conn.execute(
+        "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
+        "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
+    ).fetchone()
+    (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
+    _new_events(conn)
+    _add_users(conn)
+    _add_identifiers(conn, base, removals)
+    _add_purposes(conn, source_id)
+    if removals:
+        _withdraw(conn, report)
+    report.new_consent_events = _record_consent(conn, source_id)
+    _add_points(conn, base, hashing)  # last: the pool hashes meanwhile
+    report.new_identifiers = conn.execute(
+        "SELECT COUNT(*) FROM identifiers WHERE id > ?", (base,)
+    ).fetchone()[0]
+    report.consent_changes = conn.execute(
+        "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
+    ).fetchone()[0]
 
 
 def _new_events(conn: sqlite3.Connection) -> None:
@@ -417,10 +521,9 @@ def _add_users(conn: sqlite3.Connection) -> None:
     )
 
 
-def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashing: bool) -> None:
+def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool) -> None:
     """New identifiers, numbered past every id ever used (the history names identifiers
-    by id), their history rows, and their values' points. ``hashing``: every value the
-    file adds was hashed (the registry held no point when the import began)."""
+    by id), and their history rows."""
     # In file order, so that the identifiers a user's cap keeps are the first listed;
     # the first row of each identifier numbers it.
     kept = (
@@ -440,42 +543,43 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool, hashin
         "SELECT id, user_id, id_type FROM identifiers WHERE id > ? ORDER BY id",
         (base,),
     )
-    # Each value's new holders: the identifiers just numbered by their first row, read
-    # in id order. (A value the registry already held was not hashed again: its rows
-    # have no point.)
-    new_values = (
-        "SELECT s.id_type, s.value_hash, MAX(s.point) AS point, COUNT(*) AS holders "
+
+
+def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
+    """The holders each value gained (the identifiers just numbered by their first row),
+    and the points of those the registry has none for. (Withdrawals may have removed
+    some points since the file was read.)"""
+    conn.execute(
+        f"CREATE TABLE {_STAGE}.new_values AS "
+        "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
         f"FROM {_STAGE}.rows AS s "
-        "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = :base + s.rowid) "
-        "GROUP BY s.id_type, s.value_hash"
+        "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid) "
+        "GROUP BY s.id_type, s.value_hash",
+        (base,),
     )
-    # (Another import may have stored points since this one found none.)
     (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
-    if stored or not hashing:
-        conn.execute(f"CREATE TABLE {_STAGE}.new_values AS {new_values}", {"base": base})
-        new_values = f"SELECT * FROM {_STAGE}.new_values"
+    if stored:
         conn.execute(
             f"UPDATE points SET holders = points.holders + n.holders FROM {_STAGE}.new_values AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
-    if not hashing:
-        # A value whose point was stored when its batch was read, and removed since
-        # (its last holder erased, say), is hashed now.
-        lost = conn.execute(
-            f"SELECT id_type, value_hash FROM {_STAGE}.new_values AS n WHERE point IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM points AS p "
-            "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
-        ).fetchall()
-        conn.executemany(
-            f"UPDATE {_STAGE}.new_values SET point = ? WHERE id_type = ? AND value_hash = ?",
-            [(p.tobytes(), t, h) for (t, h), p in zip(lost, _hash_batch(lost))],
-        )
+    new = (
+        f"FROM {_STAGE}.new_values AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
+        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
+    )
     conn.execute(
         "INSERT INTO points (id_type, value_hash, point, holders) "
-        f"SELECT id_type, value_hash, point, holders FROM ({new_values}) AS n "
-        "WHERE NOT EXISTS (SELECT 1 FROM points AS p "
-        "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)",
-        {"base": base},
+        f"SELECT id_type, value_hash, substr(:points, hashed * 32 + 1, 32), holders {new} "
+        "AND n.hashed IS NOT NULL",
+        {"points": hashing.points()},
+    )
+    # A value whose point was stored when its batch was read, and removed since (its
+    # last holder erased, say), is hashed now.
+    lost = conn.execute(f"SELECT id_type, value_hash, holders {new} AND n.hashed IS NULL").fetchall()
+    points = _hash_keys([(t, h) for t, h, _ in lost])
+    conn.executemany(
+        "INSERT INTO points (id_type, value_hash, point, holders) VALUES (?, ?, ?, ?)",
+        [(t, h, p.tobytes(), n) for (t, h, n), p in zip(lost, points)],
     )
 
 
