@@ -63,13 +63,22 @@ def cmd_init(args) -> int:
 class _ByteCounter:
     """Iterates a binary file by lines, advancing a progress bar by bytes read."""
 
+    # Bytes between two advances: one per line cost about 3 us of CPU each, in the
+    # process that stages the rows (a 1M-row file: 3 s).
+    STEP = 1 << 18
+
     def __init__(self, handle, progress: Progress, task) -> None:
         self.handle, self.progress, self.task = handle, progress, task
 
     def __iter__(self):
+        read = 0
         for line in self.handle:
-            self.progress.advance(self.task, len(line))
+            read += len(line)
+            if read >= self.STEP:
+                self.progress.advance(self.task, read)
+                read = 0
             yield line
+        self.progress.advance(self.task, read)
 
 
 def cmd_consent_import(args) -> int:

@@ -604,8 +604,9 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
         "AND n.hashed IS NOT NULL",
         {"points": hashing.points()},
     )
-    # A value whose point was stored when its batch was read, and removed since (its
-    # last holder erased, say), is hashed now.
+    # Hashed now: a value whose point was stored when its batch was read and removed
+    # since (its last holder erased, say), or whose rows chosen to hash it add none of
+    # its new holders (their identifiers withdrawn by a later row of the file).
     lost = conn.execute(f"SELECT id_type, value_hash, holders {new} AND n.hashed IS NULL").fetchall()
     points = _hash_keys([(t, h) for t, h, _ in lost])
     conn.executemany(
