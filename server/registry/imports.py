@@ -152,7 +152,7 @@ class _Read:
 
 
 _BATCH = "import_batch"
-_BATCH_ROWS = "CREATE TABLE rows (user_id, id_type, value_hash, purpose, consent, effective_at, action, hashed)"
+_BATCH_ROWS = f"CREATE TABLE rows ({_ROW}, hashed)"
 
 
 def _read_batch(
@@ -381,7 +381,8 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _
             conn.deserialize(batch.image, name=_BATCH)
             # The import's own database only: no lock on the registry is taken.
             with transaction(conn, immediate=False):
-                conn.execute(f"INSERT INTO {_STAGE}.rows SELECT * FROM {_BATCH}.rows ORDER BY rowid")
+                conn.execute(f"INSERT INTO {_STAGE}.rows ({_ROW}, hashed) "
+                             f"SELECT {_ROW}, hashed FROM {_BATCH}.rows ORDER BY rowid")
                 keys = batch.keys
                 if not empty:
                     chosen = {k: batch.adds[k] for k in _missing_points(conn, list(batch.adds))}
