@@ -26,7 +26,10 @@ class MalformedFile(ValueError):
 
     def __init__(self, line: int, reason: str) -> None:
         super().__init__(f"line {line}: malformed CSV ({reason})")
-        self.line = line
+        self.line, self.reason = line, reason
+
+    def __reduce__(self):  # raised in a worker process, re-raised in the caller
+        return type(self), (self.line, self.reason)
 
 
 def decoded_lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | None]]:

@@ -64,21 +64,17 @@ class _ByteCounter:
     """Iterates a binary file by lines, advancing a progress bar by bytes read."""
 
     # Bytes between two advances: one per line cost about 3 us of CPU each, in the
-    # process that stages the rows (a 1M-row file: 3 s).
+    # process that stages the rows (a 1M-row file: 3 s). The lines of a step are read
+    # at once.
     STEP = 1 << 18
 
     def __init__(self, handle, progress: Progress, task) -> None:
         self.handle, self.progress, self.task = handle, progress, task
 
     def __iter__(self):
-        read = 0
-        for line in self.handle:
-            read += len(line)
-            if read >= self.STEP:
-                self.progress.advance(self.task, read)
-                read = 0
-            yield line
-        self.progress.advance(self.task, read)
+        while lines := self.handle.readlines(self.STEP):
+            self.progress.advance(self.task, sum(map(len, lines)))
+            yield from lines
 
 
 def cmd_consent_import(args) -> int:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import operator
+import pickle
 import queue
 import random
 import re
@@ -35,14 +36,15 @@ from hypothesis import strategies as st
 from psi import Key, encode_identifier, hash_to_curve
 from psi.identifiers import ID_TYPES
 from psi.intersection import sort_rows, truncate
+from psi.parallel import get_executor
 from psi.protocol import PROTOCOL_VERSION
-from psi.records import NOT_UTF8
+from psi.records import FIELD_LIMIT, NOT_UTF8, MalformedFile, csv_records
 from psi.protocol import MAX_GROUP_SIZE, Policy
 from psi_client.input import InputError, read_customers
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 from psi_server import store
-from psi_server.registry import imports, times
+from psi_server.registry import imports, rows, times
 from psi_server.registry.rows import COLUMNS, MAX_FIELD, PURPOSES, STATES, ImportFileError
 from psi_server.service import ServerConfig, start_server
 from psi_server.synthetic import generate
@@ -1024,6 +1026,110 @@ def test_megabyte_identifier_in_import(tmp_path_factory, fmt, quoting):
         assert (report.rows, report.imported_rows, report.invalid_rows) == (3, 2, 1)
         assert users(conn) == {"u1", "u3"}
         check_report(conn, report, data, fmt)
+    finally:
+        conn.close()
+
+
+# A batch's fields: valid rows in any spelling, now and then with one field changed to
+# break a rule that is easy to miss, or rows that may break any rule (with fields of
+# other types, as JSON has them); each with an action of any kind.
+ONE_BROKEN = [(0, "erased:u1"), (0, " " * MAX_FIELD + "u1"), (2, 5), (5, "2999-01-01T00:00:00Z"),
+              (5, "yesterday"), (6, 5), (6, []), (6, " " * MAX_FIELD + "add")]
+
+
+def changed(fields: tuple, change: tuple | None) -> tuple:
+    if change is None:
+        return fields
+    column, value = change
+    return fields[:column] + (value,) + fields[column + 1:]
+
+
+batch_fields = st.builds(
+    changed,
+    st.tuples(
+        mostly(st.integers(0, 50).flatmap(records).flatmap(spelled),
+               st.lists(mostly(garbage_fields, st.sampled_from(JSON_NOT_STRINGS), 4), min_size=6, max_size=6), 3),
+        mostly(st.sampled_from([None, "add", " remove ", ""]), st.one_of(garbage_fields, st.sampled_from([5, []])), 6),
+    ).map(lambda pair: (*pair[0], pair[1])),
+    mostly(st.none(), st.sampled_from(ONE_BROKEN), 5),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(st.tuples(batch_fields, mostly(st.none(), st.just("expected 6 fields, got 5"), 9)),
+                      max_size=8))
+def test_a_batch_is_checked_as_each_row_alone(batch):
+    """The rows and errors of a batch checked at once (a column at a time where every
+    row is valid) are those ``check_row`` gives row by row, in line order."""
+    latest = times.latest_accepted()
+    records = [(n + 2, None if problem else fields, problem) for n, (fields, problem) in enumerate(batch)]
+    valid, errors = [], []
+    for number, fields, problem in records:
+        try:
+            if problem:
+                raise ValueError(problem)
+            valid.append(rows.check_row(fields, "US", latest))
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+    assert rows.check_rows(records, "US", latest) == (valid, errors)
+
+
+@pytest.mark.parametrize("change", ONE_BROKEN)
+def test_one_broken_rule_in_a_valid_batch_is_found(change):
+    """A single field breaking a rule among valid rows is reported on its line, as
+    ``check_row`` words it, and the other rows are kept."""
+    latest = times.latest_accepted()
+    good = [(f" u{i} ", "email", f"a{i}@example.com", "account", "granted", "2026-01-01T00:00:00Z", None)
+            for i in range(3)]
+    records = [(2 + i, fields if i != 1 else changed(fields, change), None) for i, fields in enumerate(good)]
+    with pytest.raises(ValueError) as exc:
+        rows.check_row(records[1][1], "US", latest)
+    assert rows.check_rows(records, "US", latest) == (
+        [rows.check_row(records[i][1], "US", latest) for i in (0, 2)], [(3, str(exc.value))])
+
+
+# Lines as exports write them (no quotes), now and then one a quote makes span lines,
+# with a lone carriage return, a NUL or bytes that are not UTF-8.
+batch_lines = mostly(columns(st.text(alphabet="abc@. \u00e9", max_size=6)).map(csv_line), st.one_of(
+    csv_lines, st.sampled_from([b"\n", b"a,b\r\n", b"a\rb,c\n", b"a,\x00\n", b"\xff,a\n", b'"a\nb",c\n',
+                                b'"open\n'])), 3)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(batch_lines, max_size=14), size=st.integers(1, 5))
+def test_batches_read_a_csv_file_as_one_reader(lines, size):
+    """However the file is cut into batches (passed on as bytes where no record can span
+    lines, split by the reading process otherwise), the records, their line numbers and
+    their problems are those ``csv_records`` reads in the whole file, and a broken
+    quote is refused at the same line."""
+    data = (",".join(COLUMNS) + "\n").encode() + b"".join(lines)
+
+    def read(records):
+        return [r if r[2] else layout.record(r[0], r[1]) for r in records]
+
+    layout, _ = rows.csv_batches(io.BytesIO(data), size)
+    try:
+        expected = read(list(csv_records(io.BytesIO(data)))[1:])
+    except MalformedFile as exc:
+        expected = exc.line
+    layout, batches = rows.csv_batches(io.BytesIO(data), size)
+    try:
+        got = [r for batch in batches for r in rows.batch_records(pickle.loads(pickle.dumps(batch)), layout)]
+    except MalformedFile as exc:
+        got = exc.line
+    assert got == expected
+
+
+def test_field_over_the_csv_limit_refuses_the_file_from_a_worker(tmp_path_factory):
+    """An unquoted line longer than the csv module's field limit is split in a worker
+    process: the file is still refused at that line, as a malformed one."""
+    data = (",".join(COLUMNS) + "\n" + "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z\n"
+            + "u2,email," + "x" * (FIELD_LIMIT + 1) + ",account,granted,2026-01-01T00:00:00Z\n").encode()
+    conn = fresh_registry(tmp_path_factory)
+    try:
+        with pytest.raises(ImportFileError, match=r"^line 3: malformed CSV \(field larger than field limit"):
+            imports.import_file(conn, io.BytesIO(data), "csv", "fuzz", executor=get_executor(2))
+        assert table_counts(conn) == (0, 0, 0, 0, 0)
     finally:
         conn.close()
 

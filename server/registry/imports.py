@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ from .rows import (
     CsvLayout,
     ImportFileError,
     batch_records,
-    check_row,
+    check_rows,
     csv_batches,
     jsonl_batches,
 )
@@ -94,9 +95,12 @@ class _Digested:
         self.sha = hashlib.sha256()
 
     def __iter__(self) -> Iterator[bytes]:
-        for line in self.raw:
-            self.sha.update(line)
-            yield line
+        lines = iter(self.raw)
+        # Hashed a few thousand lines at a time: a Python step per line costs more
+        # than the hashing.
+        while chunk := list(islice(lines, 4096)):
+            self.sha.update(b"".join(chunk))
+            yield from chunk
 
 
 # The import's own tables, in a private temporary database attached for its duration
@@ -148,7 +152,7 @@ class _Read:
     image: bytes
     removes: bool  # whether a row withdraws a purpose
     adds: dict[tuple[str, bytes], int]  # each value added, with its first row (from 0)
-    keys: bytes  # the values chosen to hash, in the order of their places (see ``_choose``)
+    keys: bytes  # the values chosen to hash, in the order of their places
 
 
 _BATCH = "import_batch"
@@ -161,27 +165,22 @@ def _read_batch(
     """Pool task: read and validate one batch; with ``hashing``, also choose each value
     it adds to be hashed (the registry held no point when the import began, so none can
     be reused). A withdrawal needs no point: only identifiers being added are hashed."""
-    read = _Read(0, [], 0, b"", False, {}, b"")
-    staged = []
-    for number, fields, problem in batch_records(batch, layout):
-        read.rows += 1
-        if problem:
-            read.errors.append((number, problem))
-            continue
-        try:
-            staged.append((*check_row(fields, region, latest), None))
-        except ValueError as exc:
-            read.errors.append((number, str(exc)))
+    records = list(batch_records(batch, layout))
+    staged, errors = check_rows(records, region, latest)
+    read = _Read(len(records), errors, len(staged), b"", False, {}, b"")
     read.removes = any(r[6] == "remove" for r in staged)
-    read.adds = _first_adds(staged)
+    read.adds = _first_adds(staged, read.removes)
+    hashed = [None] * len(staged)
     if hashing:
-        read.keys = _choose(staged, read.adds)
+        for place, i in enumerate(read.adds.values()):
+            hashed[i] = place
+        read.keys = _key_file_records(read.adds)
         read.adds = {}
-    read.staged = len(staged)
     db = sqlite3.connect(":memory:")
     try:
         db.execute(_BATCH_ROWS)
-        db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", staged)
+        db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(*r, h) for r, h in zip(staged, hashed)])
         db.commit()
         read.image = db.serialize()
     finally:
@@ -189,29 +188,20 @@ def _read_batch(
     return read
 
 
-def _first_adds(staged: list[tuple]) -> dict[tuple[str, bytes], int]:
+def _first_adds(staged: list[tuple], removes: bool) -> dict[tuple[str, bytes], int]:
     """Each value the rows add, ``(id_type, value_hash)``, with the first row adding it."""
-    first: dict[tuple[str, bytes], int] = {}
-    for i, r in enumerate(staged):
-        if r[6] == "add":
-            first.setdefault((r[1], r[2]), i)
-    return first
-
-
-def _choose(staged: list[tuple], chosen: dict[tuple[str, bytes], int]) -> bytes:
-    """Mark each chosen value's row with the value's place among those to hash (from 0,
-    in this batch); returns the values as the hashing's key file holds them."""
-    for place, i in enumerate(chosen.values()):
-        staged[i] = (*staged[i][:-1], place)
-    return _key_file_records(chosen)
-
-
-def _key_file_records(values: Iterable[tuple[str, bytes]]) -> bytes:
-    return b"".join(bytes((ID_TYPES.index(t),)) + h for t, h in values)
+    rows = range(len(staged)) if not removes else [i for i, r in enumerate(staged) if r[6] == "add"]
+    # Built from the last row back, so the first row adding a value is the one kept.
+    return dict(zip([(staged[i][1], staged[i][2]) for i in reversed(rows)], reversed(rows)))
 
 
 # A value to hash in the hashing's key file: its type's index in ID_TYPES, then its hash.
 _KEY_BYTES = 33
+_TYPE_BYTES = {t: bytes((i,)) for i, t in enumerate(ID_TYPES)}
+
+
+def _key_file_records(values: Iterable[tuple[str, bytes]]) -> bytes:
+    return b"".join(_TYPE_BYTES[t] + h for t, h in values)
 
 
 def _hash_keys(keys: list[tuple[str, bytes]]) -> np.ndarray:
@@ -381,16 +371,15 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _
             conn.deserialize(batch.image, name=_BATCH)
             # The import's own database only: no lock on the registry is taken.
             with transaction(conn, immediate=False):
+                # A batch's places count from 0: they follow the values of those before.
+                offset = hashing.add(batch.keys) if empty else None
                 conn.execute(f"INSERT INTO {_STAGE}.rows ({_ROW}, hashed) "
-                             f"SELECT {_ROW}, hashed FROM {_BATCH}.rows ORDER BY rowid")
-                keys = batch.keys
+                             f"SELECT {_ROW}, hashed + ? FROM {_BATCH}.rows ORDER BY rowid", (offset,))
                 if not empty:
                     chosen = {k: batch.adds[k] for k in _missing_points(conn, list(batch.adds))}
+                    offset = hashing.add(_key_file_records(chosen))
                     conn.executemany(f"UPDATE {_STAGE}.rows SET hashed = ? WHERE rowid = ?",
-                                     [(place, first + i) for place, i in enumerate(chosen.values())])
-                    keys = _key_file_records(chosen)
-                conn.execute(f"UPDATE {_STAGE}.rows SET hashed = hashed + ? "
-                             "WHERE rowid >= ? AND hashed IS NOT NULL", (hashing.add(keys), first))
+                                     [(offset + place, first + i) for place, i in enumerate(chosen.values())])
                 for statement in _KEYING:
                     conn.execute(statement, (first,))
             report.imported_rows += batch.staged

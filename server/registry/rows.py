@@ -12,7 +12,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice
+from operator import methodcaller
 
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import DEFAULT_REGION, ID_TYPES, encode_identifier
@@ -32,6 +33,7 @@ __all__ = [
     "TOMBSTONE_PREFIX",
     "batch_records",
     "check_row",
+    "check_rows",
     "csv_batches",
     "detect_format",
     "jsonl_batches",
@@ -115,6 +117,92 @@ def check_row(fields: tuple, region: str | None, latest: str) -> tuple:
     return user_id, id_type, value_hash, purpose, consent, when, action
 
 
+def check_rows(
+    records: Iterable[Record], region: str | None, latest: str
+) -> tuple[list[tuple], list[tuple[int, str]]]:
+    """``check_row`` over a batch's records: the valid rows in order, and the problems
+    by line. Where every record read is valid (most batches), the rules are checked a
+    column at a time, each distinct value of a column once; otherwise row by row, for
+    each row's first broken rule."""
+    records = list(records)
+    problems = [(number, problem) for number, _, problem in records if problem]
+    read = [fields for _, fields, problem in records if not problem]
+    valid = _check_columns(read, region, latest)
+    if valid is not None:
+        return valid, problems
+    rows, errors = [], []
+    for number, fields, problem in records:
+        if problem:
+            errors.append((number, problem))
+            continue
+        try:
+            rows.append(check_row(fields, region, latest))
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+    return rows, errors
+
+
+def _check_columns(read: list[tuple], region: str | None, latest: str) -> list[tuple] | None:
+    """The rows ``check_row`` makes of these fields, or ``None`` if one breaks a rule."""
+    if not read:
+        return []
+    *texts, actions = zip(*read)
+    for column in texts:
+        if set(map(type, column)) != {str} or max(map(len, column)) > MAX_FIELD:
+            return None
+    user_ids = list(map(str.strip, texts[0]))
+    if (not all(user_ids) or max(map(len, user_ids)) > MAX_USER_ID
+            or not all(map(str.isprintable, user_ids))
+            or any(map(methodcaller("startswith", TOMBSTONE_PREFIX), user_ids))):
+        return None
+    id_types, purposes, consents = (_one_of(texts[i], allowed) for i, allowed in
+                                    ((1, ID_TYPES), (3, PURPOSES), (4, STATES)))
+    whens = _times(texts[5], latest)
+    actions = _actions(actions)
+    if None in (id_types, purposes, consents, whens, actions):
+        return None
+    try:
+        hashes = [_value_hash(t, v.strip(), region) for t, v in zip(id_types, texts[2])]
+    except (InvalidIdentifierError, UnicodeEncodeError):
+        return None
+    return list(zip(user_ids, id_types, hashes, purposes, consents, whens, actions))
+
+
+def _one_of(column: tuple[str, ...], allowed: tuple[str, ...]) -> list[str] | None:
+    stripped = {v: v.strip() for v in set(column)}
+    if not all(v in allowed for v in stripped.values()):
+        return None
+    return list(map(stripped.__getitem__, column))
+
+
+def _times(column: tuple[str, ...], latest: str) -> list[str] | None:
+    parsed = {}
+    for text in set(column):
+        try:
+            parsed[text] = _parse_time(text)
+        except ValueError:
+            return None
+        if parsed[text] > latest:
+            return None
+    return list(map(parsed.__getitem__, column))
+
+
+def _actions(column: tuple) -> list[str] | None:
+    if not set(map(type, column)) <= {str, type(None)}:
+        return None
+    named = {}
+    for value in set(column):
+        if value is None:
+            named[value] = "add"
+        elif type(value) is not str or len(value) > MAX_FIELD:
+            return None
+        else:
+            named[value] = value.strip() or "add"
+            if named[value] not in ACTIONS:
+                return None
+    return list(map(named.__getitem__, column))
+
+
 def _header(cells: list[str]) -> list[str]:
     header = [h.strip().lstrip("\ufeff") for h in cells]
     seen: dict[str, int] = {}
@@ -152,9 +240,10 @@ class CsvLayout:
         return number, row + (None if self.action is None else cells[self.action],), None
 
 
-# A batch of input for ``batch_records``: ("cells", first line, [cells per line]) when
-# each CSV record is one line, ("records", [(first line, cells, problem)]) otherwise,
-# ("jsonl", first line, [raw lines]).
+# A batch of input for ``batch_records``: ("lines", first line, the lines' bytes) where
+# no line can be part of another's record (see ``_plain``), ("cells", first line, [cells
+# per line]) when each record is one line, ("records", [(first line, cells, problem)])
+# otherwise, ("jsonl", first line, [raw lines]).
 Batch = tuple
 
 
@@ -162,22 +251,33 @@ def _blank(cells: list[str]) -> bool:
     return not cells or (len(cells) == 1 and not cells[0].strip())
 
 
+def _plain(lines: bytes) -> bool:
+    """Whether each line is one record, read alike alone or in a file: no quote (which
+    could join lines), no NUL and no carriage return but at a line's end (which the
+    csv module refuses)."""
+    return b'"' not in lines and b"\0" not in lines and lines.count(b"\r") == lines.count(b"\r\n")
+
+
 def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Batch]]:
     """The layout of a CSV file with a header line, and its records in batches of about
-    ``size``. Raises ``ImportFileError`` for a file without a usable header; the batches
-    raise ``psi.records.MalformedFile`` where the quoting breaks the record structure.
+    ``size`` lines. Raises ``ImportFileError`` for a file without a usable header; the
+    batches raise ``psi.records.MalformedFile`` where the quoting breaks the record
+    structure.
 
-    The records are split by the csv module in C, a batch at a time. Each batch's lines
-    are kept: where a record spans lines or a line is not UTF-8 (rare), the batch is
-    read again by ``csv_records``, which numbers each record by its first line. Either
-    way a batch begins and ends on a record boundary, so both readings agree.
+    Most batches are passed on as the lines' bytes (``_plain``): the pool decodes and
+    splits them. The others are split here by the csv module in C, going past the
+    batch's last line to the end of its record, and their lines are kept: where a record
+    spans lines or a line is not UTF-8 (rare), the batch is read again by
+    ``csv_records``, which numbers each record by its first line. Every batch begins and
+    ends on a record boundary, so all readings agree.
     """
+    lines = iter(raw)
     kept: list[bytes] = []
     bad = False
 
-    def text() -> Iterator[str]:
+    def text(source: Iterable[bytes]) -> Iterator[str]:
         nonlocal bad
-        for line in raw:
+        for line in source:
             kept.append(line)
             try:
                 yield line.decode("utf-8")
@@ -185,12 +285,11 @@ def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Ba
                 bad = True
                 yield line.decode("utf-8", errors="replace")
 
-    reader = csv.reader(text(), strict=True)
-
     def again(first: int) -> list[tuple[int, list[str] | None, str | None]]:
         """The kept lines read by ``csv_records``, numbered from ``first``."""
         return list(csv_records(kept, first))
 
+    reader = csv.reader(text(lines), strict=True)
     header = None
     while header is None:
         try:
@@ -211,32 +310,64 @@ def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Ba
     layout = CsvLayout(len(header), tuple(header.index(c) for c in COLUMNS),
                        header.index("action") if "action" in header else None)
 
-    def batches() -> Iterator[Batch]:
+    def quoted(first: int, batch: list[bytes]) -> Batch:
+        """A batch read here, with the rest of its last record's lines."""
         nonlocal bad
-        while True:
-            first = reader.line_num + 1
-            kept.clear()
-            bad = False
-            try:
-                cells = list(islice(reader, size))
-            except csv.Error as exc:
-                again(first)  # raises MalformedFile at the record's first line
-                raise MalformedFile(first, str(exc)) from None
-            if not cells:
-                return
-            if bad or reader.line_num - first + 1 != len(cells):
-                yield ("records", again(first))
+        kept.clear()
+        bad = False
+        reader = csv.reader(text(chain(batch, lines)), strict=True)
+        cells = []
+        try:
+            while len(kept) < len(batch):
+                cells.append(next(reader))
+        except csv.Error as exc:
+            again(first)  # raises MalformedFile at the record's first line
+            raise MalformedFile(first, str(exc)) from None
+        if bad or len(kept) != len(cells):
+            return ("records", again(first))
+        return ("cells", first, cells)
+
+    def batches() -> Iterator[Batch]:
+        first = reader.line_num + 1
+        while batch := list(islice(lines, size)):
+            joined = b"".join(batch)
+            if _plain(joined):
+                yield ("lines", first, joined)
+                first += len(batch)
             else:
-                yield ("cells", first, cells)
+                yield quoted(first, batch)
+                first += len(kept)
 
     return layout, batches()
+
+
+def _split(first: int, joined: bytes) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """The records of a ``_plain`` batch, one per line, blank ones included."""
+    try:
+        parts = joined.decode("utf-8").split("\n")
+        if parts[-1] == "":  # after the last line's end
+            parts.pop()
+        records = list(csv.reader(parts, strict=True))
+    except (UnicodeDecodeError, csv.Error):
+        # Rare (a line not UTF-8, a field over the csv module's limit): the lines are
+        # read one by one, each reported, or the file refused, by its number.
+        yield from csv_records(joined.splitlines(keepends=True), first)
+        return
+    for k, cells in enumerate(records):
+        yield first + k, cells, None
 
 
 def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
     """The records of a batch from ``csv_batches`` (with its layout) or ``jsonl_batches``;
     blank lines are not records."""
     kind = batch[0]
-    if kind == "cells":
+    if kind == "lines":
+        for number, cells, problem in _split(batch[1], batch[2]):
+            if problem:
+                yield number, None, problem
+            elif not _blank(cells):
+                yield layout.record(number, cells)
+    elif kind == "cells":
         _, first, lines = batch
         for k, cells in enumerate(lines):
             if not _blank(cells):
