@@ -71,6 +71,25 @@ def test_malformed_csv_rows_reported_by_line(reg):
     assert users == {"u1", "u10"}
 
 
+@pytest.mark.parametrize("also", ["", "u1,email,alice@example.com,account,granted,2026-01-01T00:00:00Z,remove\n"])
+def test_only_rows_equal_in_every_field_are_duplicates(reg, also):
+    """Rows of one identifier and purpose that differ in consent or time are all kept;
+    only a row equal to another in every field (after normalization) is a duplicate."""
+    _, conn = reg
+    data = (HEADER.strip() + ",action\n"
+            + "u1,email,alice@example.com,account,granted,2026-01-01T00:00:00Z,add\n"
+            + "u1,email,Alice@Example.com,account,granted,2026-01-01T00:00:00Z,\n"   # duplicate
+            + "u1,email,alice@example.com,account,revoked,2026-01-02T00:00:00Z,add\n"
+            + "u1,email,alice@example.com,account,granted,2026-01-03T00:00:00Z,add\n"
+            + "u2,email,bob@example.com,account,granted,2026-01-01T00:00:00Z,add\n" + also).encode()
+    report = run_import(conn, data)
+    rows = 5 + bool(also)
+    assert (report.rows, report.imported_rows, report.duplicate_rows) == (rows, rows - 1, 1)
+    # every row distinct in identifier and purpose: nothing is a duplicate
+    report = run_import(conn, (HEADER + GOOD + "u2,email,bob@example.com,account,granted,2026-01-01T00:00:00Z\n").encode())
+    assert (report.rows, report.imported_rows, report.duplicate_rows) == (2, 2, 0)
+
+
 def test_missing_columns_rejects_whole_file(reg):
     _, conn = reg
     with pytest.raises(ImportFileError, match="missing column.*purpose"):
