@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import chain, islice
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 
 from psi.errors import InvalidIdentifierError
 from psi.identifiers import DEFAULT_REGION, ID_TYPES, encode_identifier
@@ -233,11 +233,17 @@ class CsvLayout:
     order: tuple[int, ...]  # the position of each of COLUMNS
     action: int | None
 
+    @cached_property
+    def _fields(self) -> Callable[[list[str]], tuple]:
+        if self.action is None:
+            pick = itemgetter(*self.order)
+            return lambda cells: pick(cells) + (None,)
+        return itemgetter(*self.order, self.action)
+
     def record(self, number: int, cells: list[str]) -> Record:
         if len(cells) != self.width:
             return number, None, f"expected {self.width} fields, got {len(cells)}"
-        row = tuple(cells[i] for i in self.order)
-        return number, row + (None if self.action is None else cells[self.action],), None
+        return number, self._fields(cells), None
 
 
 # A batch of input for ``batch_records``: ("lines", first line, the lines' bytes) where
@@ -341,20 +347,19 @@ def csv_batches(raw: Iterable[bytes], size: int) -> tuple[CsvLayout, Iterator[Ba
     return layout, batches()
 
 
-def _split(first: int, joined: bytes) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """The records of a ``_plain`` batch, one per line, blank ones included."""
+def _split(first: int, joined: bytes, layout: CsvLayout) -> list[Record]:
+    """The records of a ``_plain`` batch, one per line."""
     try:
         parts = joined.decode("utf-8").split("\n")
         if parts[-1] == "":  # after the last line's end
             parts.pop()
-        records = list(csv.reader(parts, strict=True))
+        lines = list(csv.reader(parts, strict=True))
     except (UnicodeDecodeError, csv.Error):
         # Rare (a line not UTF-8, a field over the csv module's limit): the lines are
         # read one by one, each reported, or the file refused, by its number.
-        yield from csv_records(joined.splitlines(keepends=True), first)
-        return
-    for k, cells in enumerate(records):
-        yield first + k, cells, None
+        return [(number, None, problem) if problem else layout.record(number, cells)
+                for number, cells, problem in csv_records(joined.splitlines(keepends=True), first)]
+    return [layout.record(first + k, cells) for k, cells in enumerate(lines) if not _blank(cells)]
 
 
 def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
@@ -362,11 +367,7 @@ def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
     blank lines are not records."""
     kind = batch[0]
     if kind == "lines":
-        for number, cells, problem in _split(batch[1], batch[2]):
-            if problem:
-                yield number, None, problem
-            elif not _blank(cells):
-                yield layout.record(number, cells)
+        yield from _split(batch[1], batch[2], layout)
     elif kind == "cells":
         _, first, lines = batch
         for k, cells in enumerate(lines):
