@@ -167,25 +167,23 @@ def _read_batch(
     be reused). A withdrawal needs no point: only identifiers being added are hashed."""
     records = list(batch_records(batch, layout))
     staged, errors = check_rows(records, region, latest)
-    read = _Read(len(records), errors, len(staged), b"", False, {}, b"")
-    read.removes = any(r[6] == "remove" for r in staged)
-    read.adds = _first_adds(staged, read.removes)
-    hashed = [None] * len(staged)
+    removes = any(r[6] == "remove" for r in staged)
+    adds = _first_adds(staged, removes)
+    hashed, keys = [None] * len(staged), b""
     if hashing:
-        for place, i in enumerate(read.adds.values()):
+        for place, i in enumerate(adds.values()):
             hashed[i] = place
-        read.keys = _key_file_records(read.adds)
-        read.adds = {}
+        keys, adds = _key_file_records(adds), {}
     db = sqlite3.connect(":memory:")
     try:
         db.execute(_BATCH_ROWS)
         db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        [(*r, h) for r, h in zip(staged, hashed)])
         db.commit()
-        read.image = db.serialize()
+        image = db.serialize()
     finally:
         db.close()
-    return read
+    return _Read(len(records), errors, len(staged), image, removes, adds, keys)
 
 
 def _first_adds(staged: list[tuple], removes: bool) -> dict[tuple[str, bytes], int]:
@@ -372,7 +370,8 @@ def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _
             # The import's own database only: no lock on the registry is taken.
             with transaction(conn, immediate=False):
                 # A batch's places count from 0: they follow the values of those before.
-                offset = hashing.add(batch.keys) if empty else None
+                # (A task that chose no value, as on a registry holding points, adds none.)
+                offset = hashing.add(batch.keys)
                 conn.execute(f"INSERT INTO {_STAGE}.rows ({_ROW}, hashed) "
                              f"SELECT {_ROW}, hashed + ? FROM {_BATCH}.rows ORDER BY rowid", (offset,))
                 if not empty:
