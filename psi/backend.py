@@ -2,8 +2,8 @@
 
 Three paths compute bit-identical results:
 
-- ``avx2``: the C extension ``psi._native`` with four Montgomery ladders per AVX2
-  instruction stream (CPUs with AVX2);
+- ``avx2``: the C extension ``psi._native`` with four Montgomery ladders (or four hash
+  to curve maps' exponentiations) per AVX2 instruction stream (CPUs with AVX2);
 - ``portable``: the same extension in plain 64-bit C (any CPU);
 - ``python``: OpenSSL's X25519 through ``cryptography``, and gmpy2.
 

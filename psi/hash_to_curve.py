@@ -203,7 +203,7 @@ def _hash_chunk(msgs: list[bytes], dst_prime: bytes, count: int) -> np.ndarray:
     lib = backend.native()
     if lib is not None:
         out = np.empty((len(msgs), 32), dtype=np.uint8)
-        lib.hash_to_curve(msgs, dst_prime, count, out)
+        lib.hash_to_curve(msgs, dst_prime, count, out, backend.avx2())
         return out
     return _uniform_to_points([_expand(m, dst_prime, count * _L) for m in msgs], count)
 

@@ -17,7 +17,8 @@
 
 #define SECRET(p, n) VALGRIND_MAKE_MEM_UNDEFINED((p), (n))
 #define PUBLIC(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
-#define N 5 /* one group of four AVX2 lanes and one point for the portable tail */
+#define N 5 /* four AVX2 lanes and a portable tail: four points, or the four maps of two
+           * messages (one each under _NU_: four messages) */
 
 static void print_hex(const char *label, const uint8_t *p, size_t n)
 {
@@ -67,14 +68,20 @@ int main(int argc, char **argv)
         offsets[i] = 9 * (size_t)i;
     }
     offsets[N] = 9 * N;
-    uint8_t points[32 * (N + 1)], encoded[32 * N];
+    uint8_t points[32 * (N + 1)], encoded[32 * N], portable[32 * N], encoded_portable[32 * N];
     SECRET(msgs, sizeof msgs);
-    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 2, points);
-    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 1, encoded);
+    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 2, avx2, points);
+    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 1, avx2, encoded);
+    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 2, 0, portable);
+    psi_hash_to_curve(msgs, offsets, N, dst_prime, 12, 1, 0, encoded_portable);
     PUBLIC(points, sizeof points); /* printed, and later checked as received points */
     PUBLIC(encoded, sizeof encoded);
+    PUBLIC(portable, sizeof portable);
+    PUBLIC(encoded_portable, sizeof encoded_portable);
     print_hex("hash", points, 32 * N);
     print_hex("encode", encoded, 32 * N);
+    print_hex("hash-portable", portable, 32 * N);
+    print_hex("encode-portable", encoded_portable, 32 * N);
 
     /* The scalar is secret; the points are public (they come from the peer) except in
      * the last call, where the own hashed points are exponentiated before being sent. */

@@ -92,59 +92,72 @@ static void fe51_from_uniform(fe51 h, const uint8_t b[PSI_H2C_L])
     psi_wipe(lo, sizeof lo);
 }
 
-/* Elligator 2 (RFC 9380 appendix G.2.1): the point (xn / xd, y). Step numbers are the
- * appendix's. */
-static void map_to_curve(fe51 xn, fe51 xd, fe51 y, const fe51 u)
+/* Elligator 2 (RFC 9380 appendix G.2.1), in two halves around its one exponentiation
+ * (step 16), so that four maps can take it together in the AVX2 lanes. Step numbers are
+ * the appendix's. */
+typedef struct {
+    fe51 u, tv1, xd, x1n, gxd, gx1, tv3;
+} map_state;
+
+/* Steps 1-15; pow receives tv2, whose 2^252 - 3 power step 16 takes. */
+static void map_start(map_state *s, fe51 pow, const fe51 u)
 {
-    fe51 c2, c3, tv1, tv2, tv3, x1n, x2n, gxd, gx1, gx2, y11, y12, y1, y21, y22, y2, t;
+    fe51 tv2, t;
+    fe51_copy(s->u, u);
+    fe51_sq(s->tv1, u);                             /* 1 */
+    fe51_add(s->tv1, s->tv1, s->tv1);               /* 2: 2 u^2 */
+    fe51_carry(s->tv1);
+    fe51_one(t);
+    fe51_add(s->xd, s->tv1, t);                     /* 3: never 0, as -1/2 is not a square */
+    fe51_set_small(t, CURVE_A);
+    fe51_neg(s->x1n, t);                            /* 4: x1 = -J / xd */
+    fe51_sq(tv2, s->xd);                            /* 5 */
+    fe51_mul(s->gxd, tv2, s->xd);                   /* 6 */
+    fe51_mul_small(s->gx1, s->tv1, CURVE_A);        /* 7 */
+    fe51_mul(s->gx1, s->gx1, s->x1n);               /* 8 */
+    fe51_add(s->gx1, s->gx1, tv2);                  /* 9 */
+    fe51_mul(s->gx1, s->gx1, s->x1n);               /* 10: g(x1) gxd */
+    fe51_sq(s->tv3, s->gxd);                        /* 11 */
+    fe51_sq(tv2, s->tv3);                           /* 12 */
+    fe51_mul(s->tv3, s->tv3, s->gxd);               /* 13 */
+    fe51_mul(s->tv3, s->tv3, s->gx1);               /* 14 */
+    fe51_mul(pow, tv2, s->tv3);                     /* 15 */
+}
+
+/* Steps 17-38, from step 16's power: the point (xn / xd, y). */
+static void map_finish(fe51 xn, fe51 xd, fe51 y, const map_state *s, const fe51 pow)
+{
+    fe51 c2, c3, tv2, x2n, gx2, y11, y12, y1, y21, y22, y2, t;
     fe51_frombytes(c2, C2);
     fe51_frombytes(c3, C3);
-    fe51_sq(tv1, u);                          /* 1 */
-    fe51_add(tv1, tv1, tv1);                  /* 2: 2 u^2 */
-    fe51_carry(tv1);
-    fe51_one(t);
-    fe51_add(xd, tv1, t);                     /* 3: never 0, as -1/2 is not a square */
-    fe51_set_small(t, CURVE_A);
-    fe51_neg(x1n, t);                         /* 4: x1 = -J / xd */
-    fe51_sq(tv2, xd);                         /* 5 */
-    fe51_mul(gxd, tv2, xd);                   /* 6 */
-    fe51_mul_small(gx1, tv1, CURVE_A);        /* 7 */
-    fe51_mul(gx1, gx1, x1n);                  /* 8 */
-    fe51_add(gx1, gx1, tv2);                  /* 9 */
-    fe51_mul(gx1, gx1, x1n);                  /* 10: g(x1) gxd */
-    fe51_sq(tv3, gxd);                        /* 11 */
-    fe51_sq(tv2, tv3);                        /* 12 */
-    fe51_mul(tv3, tv3, gxd);                  /* 13 */
-    fe51_mul(tv3, tv3, gx1);                  /* 14 */
-    fe51_mul(tv2, tv2, tv3);                  /* 15 */
-    fe51_pow22523(y11, tv2);                  /* 16 */
-    fe51_mul(y11, y11, tv3);                  /* 17 */
-    fe51_mul(y12, y11, c3);                   /* 18 */
-    fe51_sq(tv2, y11);                        /* 19 */
-    fe51_mul(tv2, tv2, gxd);                  /* 20 */
-    const uint64_t e1 = fe51_eq_mask(tv2, gx1); /* 21 */
+    fe51_mul(y11, pow, s->tv3);                     /* 17 */
+    fe51_mul(y12, y11, c3);                         /* 18 */
+    fe51_sq(tv2, y11);                              /* 19 */
+    fe51_mul(tv2, tv2, s->gxd);                     /* 20 */
+    const uint64_t e1 = fe51_eq_mask(tv2, s->gx1);  /* 21 */
     fe51_copy(y1, y12);
-    fe51_cmov(y1, y11, e1);                   /* 22 */
-    fe51_mul(x2n, x1n, tv1);                  /* 23 */
-    fe51_mul(y21, y11, u);                    /* 24 */
-    fe51_mul(y21, y21, c2);                   /* 25 */
-    fe51_mul(y22, y21, c3);                   /* 26 */
-    fe51_mul(gx2, gx1, tv1);                  /* 27 */
-    fe51_sq(tv2, y21);                        /* 28 */
-    fe51_mul(tv2, tv2, gxd);                  /* 29 */
-    const uint64_t e2 = fe51_eq_mask(tv2, gx2); /* 30 */
+    fe51_cmov(y1, y11, e1);                         /* 22 */
+    fe51_mul(x2n, s->x1n, s->tv1);                  /* 23 */
+    fe51_mul(y21, y11, s->u);                       /* 24 */
+    fe51_mul(y21, y21, c2);                         /* 25 */
+    fe51_mul(y22, y21, c3);                         /* 26 */
+    fe51_mul(gx2, s->gx1, s->tv1);                  /* 27 */
+    fe51_sq(tv2, y21);                              /* 28 */
+    fe51_mul(tv2, tv2, s->gxd);                     /* 29 */
+    const uint64_t e2 = fe51_eq_mask(tv2, gx2);     /* 30 */
     fe51_copy(y2, y22);
-    fe51_cmov(y2, y21, e2);                   /* 31 */
-    fe51_sq(tv2, y1);                         /* 32 */
-    fe51_mul(tv2, tv2, gxd);                  /* 33 */
-    const uint64_t e3 = fe51_eq_mask(tv2, gx1); /* 34 */
+    fe51_cmov(y2, y21, e2);                         /* 31 */
+    fe51_sq(tv2, y1);                               /* 32 */
+    fe51_mul(tv2, tv2, s->gxd);                     /* 33 */
+    const uint64_t e3 = fe51_eq_mask(tv2, s->gx1);  /* 34 */
     fe51_copy(xn, x2n);
-    fe51_cmov(xn, x1n, e3);                   /* 35 */
+    fe51_cmov(xn, s->x1n, e3);                      /* 35 */
+    fe51_copy(xd, s->xd);
     fe51_copy(y, y2);
-    fe51_cmov(y, y1, e3);                     /* 36 */
-    const uint64_t e4 = 0 - fe51_parity(y);   /* 37 */
+    fe51_cmov(y, y1, e3);                           /* 36 */
+    const uint64_t e4 = 0 - fe51_parity(y);         /* 37 */
     fe51_neg(t, y);
-    fe51_cmov(y, t, e3 ^ e4);                 /* 38 */
+    fe51_cmov(y, t, e3 ^ e4);                       /* 38 */
     fe51_carry(y);
 }
 
@@ -196,25 +209,49 @@ static void add(fe51 x, fe51 z, const fe51 x0n, const fe51 x0d, const fe51 y0,
     fe51_cmov(z, b, same);
 }
 
-static void point_from_uniform(fe51 x, fe51 z, const uint8_t *uniform, int count)
+/* Maps per group: the exponentiations of a group's maps run in the four AVX2 lanes. */
+#define MAPS 4
+
+/* The projective u of k messages' points from their field elements (count per message,
+ * 48 bytes each, in order), k count <= MAPS. */
+static void points_from_uniform(fe51 *x, fe51 *z, const uint8_t *uniform, int k, int count,
+                                int avx2)
 {
-    fe51 u, x0n, x0d, y0;
-    fe51_from_uniform(u, uniform);
-    map_to_curve(x0n, x0d, y0, u);
-    if (count == 2) {
-        fe51 x1n, x1d, y1;
-        fe51_from_uniform(u, uniform + PSI_H2C_L);
-        map_to_curve(x1n, x1d, y1, u);
-        add(x, z, x0n, x0d, y0, x1n, x1d, y1);
-    } else {
-        fe51_copy(x, x0n);
-        fe51_copy(z, x0d);
+    map_state s[MAPS];
+    fe51 pow[MAPS], xn[MAPS], xd[MAPS], y[MAPS];
+    const int maps = k * count;
+    for (int j = 0; j < maps; j++) {
+        fe51 u;
+        fe51_from_uniform(u, uniform + j * PSI_H2C_L);
+        map_start(&s[j], pow[j], u);
     }
-    for (int i = 0; i < 3; i++) /* clear the cofactor 8 */
-        dbl(x, z);
+#if PSI_X86_64
+    if (avx2 && maps == MAPS)
+        psi_avx2_pow22523(pow, pow);
+    else
+#endif
+        for (int j = 0; j < maps; j++)
+            fe51_pow22523(pow[j], pow[j]);
+    for (int j = 0; j < maps; j++)
+        map_finish(xn[j], xd[j], y[j], &s[j], pow[j]);
+    for (int i = 0; i < k; i++) {
+        if (count == 2) {
+            add(x[i], z[i], xn[2 * i], xd[2 * i], y[2 * i], xn[2 * i + 1], xd[2 * i + 1],
+                y[2 * i + 1]);
+        } else {
+            fe51_copy(x[i], xn[i]);
+            fe51_copy(z[i], xd[i]);
+        }
+        for (int d = 0; d < 3; d++) /* clear the cofactor 8 */
+            dbl(x[i], z[i]);
+    }
+#if !PSI_X86_64
+    (void)avx2;
+#endif
 }
 
-int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8_t *out)
+int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, int avx2,
+                              uint8_t *out)
 {
     if (n == 0)
         return 0;
@@ -222,11 +259,14 @@ int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8
     fe51 *scratch = malloc(3 * block * sizeof(fe51));
     if (scratch == NULL)
         return -1;
+    const size_t group = MAPS / count;
     for (size_t start = 0; start < n; start += block) {
         const size_t m = n - start < block ? n - start : block;
-        for (size_t i = 0; i < m; i++)
-            point_from_uniform(scratch[i], scratch[block + i],
-                               uniform + (start + i) * count * PSI_H2C_L, count);
+        for (size_t i = 0; i < m; i += group) {
+            const int k = m - i < group ? (int)(m - i) : (int)group;
+            points_from_uniform(scratch + i, scratch + block + i,
+                                uniform + (start + i) * count * PSI_H2C_L, k, count, avx2);
+        }
         psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
     }
     psi_wipe(scratch, 3 * block * sizeof(fe51));
@@ -235,7 +275,8 @@ int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8
 }
 
 int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
-                      const uint8_t *dst_prime, size_t dst_prime_len, int count, uint8_t *out)
+                      const uint8_t *dst_prime, size_t dst_prime_len, int count, int avx2,
+                      uint8_t *out)
 {
     if (n == 0)
         return 0;
@@ -245,14 +286,18 @@ int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
         return -1;
     psi_sha512 zpad;
     zpad_state(&zpad);
-    uint8_t uniform[2 * PSI_H2C_L];
+    uint8_t uniform[MAPS * PSI_H2C_L];
+    const size_t group = MAPS / count, width = (size_t)count * PSI_H2C_L;
     for (size_t start = 0; start < n; start += block) {
         const size_t m = n - start < block ? n - start : block;
-        for (size_t i = 0; i < m; i++) {
-            const size_t j = start + i;
-            expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime,
-                   dst_prime_len, uniform, (size_t)count * PSI_H2C_L);
-            point_from_uniform(scratch[i], scratch[block + i], uniform, count);
+        for (size_t i = 0; i < m; i += group) {
+            const int k = m - i < group ? (int)(m - i) : (int)group;
+            for (int g = 0; g < k; g++) {
+                const size_t j = start + i + g;
+                expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime,
+                       dst_prime_len, uniform + g * width, width);
+            }
+            points_from_uniform(scratch + i, scratch + block + i, uniform, k, count, avx2);
         }
         psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
     }

@@ -131,14 +131,14 @@ static PyObject *hash_to_curve(PyObject *self, PyObject *args)
 {
     PyObject *msgs;
     Py_buffer dst_prime, out;
-    int count, rc = 0;
+    int count, avx2, rc = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "Oy*iw*", &msgs, &dst_prime, &count, &out))
+    if (!PyArg_ParseTuple(args, "Oy*iw*p", &msgs, &dst_prime, &count, &out, &avx2))
         return NULL;
     PyObject *result = NULL, *items = NULL;
     uint8_t *joined = NULL;
     size_t capacity = 0, offsets[PSI_BLOCK + 1];
-    if (dst_and_count(&dst_prime, count))
+    if (dst_and_count(&dst_prime, count) || want_avx2(avx2))
         goto done;
     /* a tuple: the caller's list cannot change length while the GIL is released */
     items = PySequence_Tuple(msgs);
@@ -158,7 +158,8 @@ static PyObject *hash_to_curve(PyObject *self, PyObject *args)
             goto done;
         Py_BEGIN_ALLOW_THREADS
         rc = psi_hash_to_curve(joined, offsets, (size_t)m, dst_prime.buf,
-                               (size_t)dst_prime.len, count, (uint8_t *)out.buf + 32 * start);
+                               (size_t)dst_prime.len, count, avx2,
+                               (uint8_t *)out.buf + 32 * start);
         Py_END_ALLOW_THREADS
     }
     if (rc) {
@@ -180,22 +181,25 @@ done:
 static PyObject *hash_uniform_to_curve(PyObject *self, PyObject *args)
 {
     Py_buffer uniform, out;
-    int count, rc;
+    int count, avx2, rc;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*iw*", &uniform, &count, &out))
+    if (!PyArg_ParseTuple(args, "y*iw*p", &uniform, &count, &out, &avx2))
         return NULL;
     PyObject *result = NULL;
     if (count != 1 && count != 2) {
         PyErr_SetString(PyExc_ValueError, "count is 1 or 2");
         goto done;
     }
+    if (want_avx2(avx2))
+        goto done;
     const Py_ssize_t width = (Py_ssize_t)count * PSI_H2C_L;
     if (uniform.len % width || out.len != uniform.len / width * 32) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = psi_hash_uniform_to_curve(uniform.buf, (size_t)(uniform.len / width), count, out.buf);
+    rc = psi_hash_uniform_to_curve(uniform.buf, (size_t)(uniform.len / width), count, avx2,
+                                   out.buf);
     Py_END_ALLOW_THREADS
     if (rc) {
         PyErr_NoMemory();
@@ -265,10 +269,11 @@ static PyMethodDef methods[] = {
      "classify(points, status, avx2)\n\n"
      "One status byte per point: NONCANONICAL and TWIST bits."},
     {"hash_to_curve", hash_to_curve, METH_VARARGS,
-     "hash_to_curve(messages, dst_prime, count, out)\n\n"
-     "RFC 9380 curve25519_XMD:SHA-512_ELL2 (count 2: _RO_, count 1: _NU_), u only."},
+     "hash_to_curve(messages, dst_prime, count, out, avx2)\n\n"
+     "RFC 9380 curve25519_XMD:SHA-512_ELL2 (count 2: _RO_, count 1: _NU_), u only;\n"
+     "with avx2, four maps' exponentiations at a time."},
     {"hash_uniform_to_curve", hash_uniform_to_curve, METH_VARARGS,
-     "hash_uniform_to_curve(uniform, count, out)\n\n"
+     "hash_uniform_to_curve(uniform, count, out, avx2)\n\n"
      "The second half of hash_to_curve: 48 count bytes of expand_message_xmd output\n"
      "per message to a u-coordinate."},
     {"expand_message_xmd", expand_message_xmd, METH_VARARGS,

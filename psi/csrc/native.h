@@ -51,6 +51,7 @@ void psi_wipe(void *p, size_t n);
 /* x25519_avx2.c: only called when psi_cpu_has_avx2(). */
 void psi_avx2_ladder(fe51 x2[4], fe51 z2[4], const uint8_t clamped[32], const fe51 u[4]);
 void psi_avx2_legendre(fe51 out[4], const fe51 z[4]);
+void psi_avx2_pow22523(fe51 out[4], const fe51 z[4]);
 #endif
 
 /* sha512.c (FIPS 180-4) */
@@ -74,11 +75,14 @@ int psi_expand_message_xmd(const uint8_t *msg, size_t msg_len, const uint8_t *ds
                            size_t dst_prime_len, uint8_t *out, size_t len);
 
 /* Message i is msgs[offsets[i] .. offsets[i + 1]); count is 2 (hash_to_curve) or 1
- * (encode_to_curve). out receives 32 n bytes. Returns 0, or -1 when memory runs out. */
+ * (encode_to_curve). out receives 32 n bytes. With avx2 (only when psi_cpu_has_avx2()),
+ * the maps' exponentiations run four at a time. Returns 0, or -1 when memory runs out. */
 int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
-                      const uint8_t *dst_prime, size_t dst_prime_len, int count, uint8_t *out);
+                      const uint8_t *dst_prime, size_t dst_prime_len, int count, int avx2,
+                      uint8_t *out);
 
 /* The same from already expanded bytes: 48 count bytes per message. */
-int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, uint8_t *out);
+int psi_hash_uniform_to_curve(const uint8_t *uniform, size_t n, int count, int avx2,
+                              uint8_t *out);
 
 #endif

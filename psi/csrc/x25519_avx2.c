@@ -300,6 +300,14 @@ AVX2 static void fe4_pow22523(fe4 *out, const fe4 *z)
     fe4_mul(out, &t, z);
 }
 
+AVX2 void psi_avx2_pow22523(fe51 out[4], const fe51 z[4])
+{
+    fe4 zz, t;
+    fe4_from_fe51(&zz, z);
+    fe4_pow22523(&t, &zz);
+    fe4_to_fe51(out, &t);
+}
+
 AVX2 void psi_avx2_legendre(fe51 out[4], const fe51 z[4])
 {
     fe4 zz, t, z2;
