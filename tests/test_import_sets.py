@@ -11,11 +11,15 @@ different identifiers, the change log's entries of one transaction (read as a se
 import hashlib
 import io
 import random
+import sqlite3
 import tempfile
+import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from psi_server import store
 from psi_server.registry import changes, imports, rows
@@ -289,4 +293,71 @@ def test_a_failed_hashing_task_fails_the_import_and_leaves_nothing(tmp_path):
     assert contents(sets, 0) == before
     assert set(Path(tempfile.gettempdir()).glob("psi-import-*")) == leftovers
     assert [name for _, name, _ in sets.execute("PRAGMA database_list")] == ["main"]
+    sets.close()
+
+
+def one_row(user: int, value: int, t: int) -> io.BytesIO:
+    return io.BytesIO(csv_of([model.Row(user, value, "account", "granted", t, "add", False)]))
+
+
+def test_consent_effects_read_the_registry_as_the_lock_leaves_it(tmp_path):
+    """A consent command holds the write lock when an import's final transaction begins,
+    and revokes a user's consent after the date the file grants it. The import waits for
+    it, and reads the registry for its consent effects (on another connection) only then:
+    the file's older grant is recorded but takes no effect."""
+    path = tmp_path / "r.db"
+    store.init(path)
+    conn, other = store.connect(path), store.connect(path)
+    imports.import_file(conn, one_row(1, 1, 1), "csv", "first", workers=1)
+    locked = threading.Event()
+
+    def command() -> None:
+        with recording(other, Source("cli", "revoke")) as source_id:
+            other.execute("INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
+                          "VALUES ('u1', 'ads_matching', 'revoked', ?, ?)", (model.when(10), source_id))
+            locked.set()
+            time.sleep(0.5)  # the import reaches its final transaction meanwhile, and waits
+
+    thread = threading.Thread(target=command)
+
+    def lock_taken(_) -> None:
+        thread.start()
+        locked.wait()
+
+    report = imports.import_file(conn, one_row(1, 2, 5), "csv", "second", workers=1, on_apply=lock_taken)
+    thread.join()
+    assert report.new_consent_events == 1 and report.consent_changes == 0
+    assert conn.execute("SELECT ads_matching, consent_effective_at FROM users").fetchall() == [
+        ("revoked", model.when(10))
+    ]
+    assert report.new_identifiers == 1
+    other.close()
+    conn.close()
+
+
+@pytest.mark.parametrize("failing", ["_user_events", "_add_purposes"])
+def test_a_failure_beside_or_in_the_final_transaction_leaves_nothing(tmp_path, monkeypatch, failing):
+    """The consent effects' connection fails (its failure is raised by the import), or
+    the transaction fails while that connection may still be computing (it is stopped
+    before the import returns): the registry is as it was, and no thread, connection or
+    attached database is left."""
+    sets, _ = registries(tmp_path)
+    imports.import_file(sets, one_row(1, 1, 1), "csv", "first", workers=1)
+    before = contents(sets, 0)
+    leftovers = set(Path(tempfile.gettempdir()).glob("psi-import-*"))
+
+    def fails(*args) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(imports, failing, fails)
+    data = csv_of([model.Row(u, u, "account", "granted", 2, "add", False) for u in range(2, 300)])
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        imports.import_file(sets, io.BytesIO(data), "csv", "second", workers=1)
+    assert contents(sets, 0) == before
+    assert not [t for t in threading.enumerate() if t.name == "import-consent-effects"]
+    assert set(Path(tempfile.gettempdir()).glob("psi-import-*")) == leftovers
+    assert [name for _, name, _ in sets.execute("PRAGMA database_list")] == ["main"]
+    # the registry takes the next import
+    monkeypatch.undo()
+    assert imports.import_file(sets, io.BytesIO(data), "csv", "third", workers=1).new_identifiers == 298
     sets.close()

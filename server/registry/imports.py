@@ -4,7 +4,9 @@ An import is staged first and applied in one transaction at the end: a file whos
 line revokes a consent granted on its first line must never be half applied, and a
 failure (bad disk, killed process) leaves the registry exactly as it was. A value the
 registry already holds is not hashed again: its stored point serves the new identifier.
-The others are hashed by the pool while the final transaction runs (``_Hashing``).
+The others are hashed by the pool while the final transaction runs (``_Hashing``), and
+what the file's consent events do to each user is worked out beside it, on a second
+connection (``_ConsentEffects``).
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
@@ -38,7 +40,7 @@ from psi.identifiers import ID_TYPES, type_prefix
 from psi.parallel import Executor, cpu_count, get_executor, imap
 from psi.records import MalformedFile
 
-from ..store import transaction
+from ..store import BUSY_TIMEOUT_S, transaction
 from .rows import (
     DEFAULT_REGION,
     Batch,
@@ -103,9 +105,13 @@ class _Digested:
             yield from chunk
 
 
-# The import's own tables, in a private temporary database attached for its duration
-# (detaching discards it whole, where dropping tables would free each page).
+# The import's own tables, in scratch databases of its temporary directory (see
+# ``_attached``): the file's rows, staged before the final transaction, which the
+# connection of ``_ConsentEffects`` reads too; what that connection computes; and the
+# final transaction's own tables, apart so that it leaves the first as that reader sees it.
 _STAGE = "import_stage"
+_EFFECTS = "import_effects"
+_OWN = "import_own"
 _STAGING = f"""
 CREATE TABLE {_STAGE}.rows (
     user_id TEXT NOT NULL, id_type TEXT NOT NULL, value_hash BLOB NOT NULL,
@@ -318,36 +324,52 @@ def import_file(
     report = ImportReport()
     digested = _Digested(raw)
     pool = executor if executor is not None else get_executor(workers)
-    conn.execute(f"ATTACH DATABASE '' AS {_STAGE}")
-    try:
-        conn.execute(f"PRAGMA {_STAGE}.cache_size = -{APPLY_CACHE_KIB}")
+    with (tempfile.TemporaryDirectory(prefix="psi-import-") as directory,
+          _attached(conn, _STAGE, directory)):
         for statement in (_STAGING, *_KEYED):
             conn.execute(statement)
-        with tempfile.TemporaryDirectory(prefix="psi-import-") as directory:
-            hashing = _Hashing(directory)
+        hashing = _Hashing(directory)
+        try:
             try:
-                try:
-                    if fmt == "jsonl":
-                        layout, batches = None, jsonl_batches(digested, BATCH)
-                    else:
-                        layout, batches = csv_batches(digested, BATCH)
-                    removals = _stage(conn, layout, batches, report, region, pool, hashing)
-                except MalformedFile as exc:
-                    raise ImportFileError(str(exc)) from None
-                hashing.start(pool)
-                report.points_hashed = hashing.count
-                report.errors.sort()
-                report.digest = digested.sha.hexdigest()
-                if on_apply is not None:
-                    on_apply(report.imported_rows)
-                _prepare(conn, report, removals)
-                _apply(conn, Source("import", source, digested.sha.digest()), report, removals, hashing)
-            finally:
-                hashing.stop()
+                if fmt == "jsonl":
+                    layout, batches = None, jsonl_batches(digested, BATCH)
+                else:
+                    layout, batches = csv_batches(digested, BATCH)
+                removals = _stage(conn, layout, batches, report, region, pool, hashing)
+            except MalformedFile as exc:
+                raise ImportFileError(str(exc)) from None
+            hashing.start(pool)
+            report.points_hashed = hashing.count
+            report.errors.sort()
+            report.digest = digested.sha.hexdigest()
+            if on_apply is not None:
+                on_apply(report.imported_rows)
+            _prepare(conn, report, removals)
+            _apply(conn, Source("import", source, digested.sha.digest()), report, removals,
+                   hashing, directory)
+        finally:
+            hashing.stop()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        conn.execute(f"DETACH DATABASE {_STAGE}")
     return report
+
+
+@contextmanager
+def _attached(conn: sqlite3.Connection, name: str, directory: str) -> Iterator[None]:
+    """A scratch database of the import's directory, attached while in use (deleting the
+    directory discards it whole, where dropping its tables would free each page).
+    Nothing in it needs recovering after a crash, so nothing is synced."""
+    conn.execute(f"ATTACH DATABASE ? AS {name}", (str(Path(directory, f"{name}.db")),))
+    try:
+        _scratch(conn, name)
+        yield
+    finally:
+        conn.execute(f"DETACH DATABASE {name}")
+
+
+def _scratch(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
+    conn.execute(f"PRAGMA {name}.synchronous = OFF")
+    conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
 
 
 def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _Hashing) -> bool:
@@ -449,7 +471,8 @@ def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Itera
 
 
 def _apply(
-    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool, hashing: _Hashing
+    conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool,
+    hashing: _Hashing, directory: str,
 ) -> None:
     """The final transaction, with the settings it runs under."""
     settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
@@ -465,8 +488,17 @@ def _apply(
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     try:
         start = time.perf_counter()
-        with recording(conn, source) as source_id, _triggers_dropped(conn, _SET_BASED):
-            _write(conn, source_id, report, removals, hashing)
+        # Not ``BEGIN IMMEDIATE``: that would also lock the databases attached, the one
+        # the consent effects are written to among them. The transaction's first
+        # statement takes the registry's write lock (see ``recording``).
+        with (_attached(conn, _OWN, directory), _attached(conn, _EFFECTS, directory),
+              recording(conn, source, immediate=False) as source_id,
+              _triggers_dropped(conn, _SET_BASED)):
+            effects = _ConsentEffects(conn, directory)
+            try:
+                _write(conn, source_id, report, removals, hashing, effects)
+            finally:
+                effects.stop()
         report.apply_seconds = time.perf_counter() - start
     finally:
         for pragma, value in settings.items():
@@ -474,18 +506,19 @@ def _apply(
 
 
 def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, removals: bool,
-           hashing: _Hashing) -> None:
+           hashing: _Hashing, effects: _ConsentEffects) -> None:
     (base,) = conn.execute(
         "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
         "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
     ).fetchone()
     (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
-    _new_events(conn)
-    _add_users(conn)
+    # No statement before ``effects.result`` reads or writes users or consent events.
     _add_identifiers(conn, base, removals)
     _add_purposes(conn, source_id)
     if removals:
         _withdraw(conn, report)
+    effects.result()
+    _add_users(conn)
     report.new_consent_events = _record_consent(conn, source_id)
     _add_points(conn, base, hashing)  # last: the pool hashes meanwhile
     report.new_identifiers = conn.execute(
@@ -494,6 +527,73 @@ def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, remov
     report.consent_changes = conn.execute(
         "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
     ).fetchone()[0]
+
+
+class _ConsentEffects:
+    """The file's consent events and what they do to each user (``_new_events``,
+    ``_user_events``), computed on a second connection in a thread while the final
+    transaction writes identifiers and purposes, on a core the transaction leaves idle.
+
+    Both depend only on the file and on the registry as the transaction found it. The
+    thread reads the registry from a snapshot taken once the transaction holds the
+    write lock (so no other writer can have committed since), in which the
+    transaction's own writes are not seen: exactly that state. Its tables go to a
+    scratch database the importing connection attached before the transaction and reads
+    only once the thread has committed."""
+
+    def __init__(self, conn: sqlite3.Connection, directory: str) -> None:
+        """Inside the transaction, once it holds the write lock."""
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._error: BaseException | None = None
+        # (``store.connect`` opens registries from files only.)
+        registry = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
+        reader = self._reader = sqlite3.connect(
+            f"{Path(registry).as_uri()}?mode=ro", uri=True, isolation_level=None,
+            timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+        )
+        try:
+            reader.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
+            stage = Path(directory, f"{_STAGE}.db").as_uri()
+            reader.execute(f"ATTACH DATABASE ? AS {_STAGE}", (f"{stage}?mode=ro",))
+            reader.execute(f"ATTACH DATABASE ? AS {_EFFECTS}", (str(Path(directory, f"{_EFFECTS}.db")),))
+            _scratch(reader, _EFFECTS)
+            reader.execute("BEGIN")
+            reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
+        except BaseException:
+            reader.close()
+            raise
+
+        def run() -> None:
+            try:
+                _consent_tables(reader)
+                reader.execute("COMMIT")
+            except BaseException as exc:  # raised in the transaction, by ``result``
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="import-consent-effects", daemon=True)
+        self._thread.start()
+
+    def result(self) -> None:
+        """Wait for the tables (the thread's failure is raised here)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """No statement of the thread runs past this (a failed transaction interrupts it)."""
+        if self._thread is not None:
+            if self._thread.is_alive():
+                self._reader.interrupt()
+            self._thread.join()
+        if self._reader is not None:
+            self._reader.close()
+
+
+def _consent_tables(conn: sqlite3.Connection) -> None:
+    _new_events(conn)
+    _user_events(conn)
 
 
 def _new_events(conn: sqlite3.Connection) -> None:
@@ -505,12 +605,12 @@ def _new_events(conn: sqlite3.Connection) -> None:
     date order and are distinct, so a grant is dated after each earlier one of the file:
     only the registry's latest date (``before_at``) can keep it from taking effect."""
     conn.execute(
-        f"CREATE TABLE {_STAGE}.new_events (user_id, effective_at, state, "
+        f"CREATE TABLE {_EFFECTS}.new_events (user_id, effective_at, state, "
         "before, before_at, known, applies, "
         "PRIMARY KEY (user_id, effective_at, state)) WITHOUT ROWID"
     )
     conn.execute(
-        f"INSERT INTO {_STAGE}.new_events "
+        f"INSERT INTO {_EFFECTS}.new_events "
         "SELECT c.user_id, c.effective_at, c.state, u.ads_matching, u.consent_effective_at, "
         "u.user_id IS NOT NULL, c.state = 'revoked' OR u.consent_effective_at IS NULL "
         "OR c.effective_at > u.consent_effective_at "
@@ -524,24 +624,27 @@ def _new_events(conn: sqlite3.Connection) -> None:
     )
 
 
-def _add_users(conn: sqlite3.Connection) -> None:
-    """Each user's events that take effect, summed up; users the registry did not hold,
-    with their consent as their events leave it (every event of a new user takes
-    effect)."""
+def _user_events(conn: sqlite3.Connection) -> None:
+    """Each user's events that take effect, summed up."""
     # The last event that takes effect decides; the date kept is the latest seen. (Dates
     # have a fixed width, so the text of date and state orders as the pair does.)
     conn.execute(
-        f"CREATE TABLE {_STAGE}.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
+        f"CREATE TABLE {_EFFECTS}.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
         "known, before) WITHOUT ROWID"
     )
     conn.execute(
-        f"INSERT INTO {_STAGE}.user_events SELECT user_id, COUNT(*), "
+        f"INSERT INTO {_EFFECTS}.user_events SELECT user_id, COUNT(*), "
         "substr(MAX(effective_at || state), length(MAX(effective_at)) + 1), MAX(effective_at), "
-        f"known, before FROM {_STAGE}.new_events WHERE applies GROUP BY user_id"
+        f"known, before FROM {_EFFECTS}.new_events WHERE applies GROUP BY user_id"
     )
+
+
+def _add_users(conn: sqlite3.Connection) -> None:
+    """Users the registry did not hold, with their consent as their events leave it
+    (every event of a new user takes effect)."""
     conn.execute(
         "INSERT INTO users (user_id, ads_matching, consent_effective_at) "
-        f"SELECT user_id, state, effective_at FROM {_STAGE}.user_events WHERE NOT known"
+        f"SELECT user_id, state, effective_at FROM {_EFFECTS}.user_events WHERE NOT known"
     )
 
 
@@ -574,7 +677,7 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
     and the points of those the registry has none for. (Withdrawals may have removed
     some points since the file was read.)"""
     conn.execute(
-        f"CREATE TABLE {_STAGE}.new_values AS "
+        f"CREATE TABLE {_OWN}.new_values AS "
         "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
         f"FROM {_STAGE}.rows AS s "
         "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid) "
@@ -584,11 +687,11 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
     (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
     if stored:
         conn.execute(
-            f"UPDATE points SET holders = points.holders + n.holders FROM {_STAGE}.new_values AS n "
+            f"UPDATE points SET holders = points.holders + n.holders FROM {_OWN}.new_values AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
     new = (
-        f"FROM {_STAGE}.new_values AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
+        f"FROM {_OWN}.new_values AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
         "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
     )
     conn.execute(
@@ -612,11 +715,11 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     """Purposes the file adds that identifiers did not hold, with their history, and a
     change for every identifier of their users (the cap may now pick another)."""
     conn.execute(
-        f"CREATE TABLE {_STAGE}.new_purposes (identifier_id, purpose, user_id, "
+        f"CREATE TABLE {_OWN}.new_purposes (identifier_id, purpose, user_id, "
         "PRIMARY KEY (identifier_id, purpose)) WITHOUT ROWID"
     )
     conn.execute(
-        f"INSERT INTO {_STAGE}.new_purposes "
+        f"INSERT INTO {_OWN}.new_purposes "
         "SELECT i.id, s.purpose, i.user_id "
         f"FROM {_STAGE}.granting AS s JOIN identifiers AS i ON {_SAME_IDENTIFIER} "
         "WHERE NOT EXISTS (SELECT 1 FROM identifier_purposes AS p "
@@ -624,16 +727,16 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     )
     conn.execute(
         "INSERT INTO identifier_purposes (identifier_id, purpose) "
-        f"SELECT identifier_id, purpose FROM {_STAGE}.new_purposes"
+        f"SELECT identifier_id, purpose FROM {_OWN}.new_purposes"
     )
     conn.execute(
         "INSERT INTO purpose_changes (identifier_id, purpose, held, source_id) "
-        f"SELECT identifier_id, purpose, 1, ? FROM {_STAGE}.new_purposes",
+        f"SELECT identifier_id, purpose, 1, ? FROM {_OWN}.new_purposes",
         (source_id,),
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_STAGE}.new_purposes AS n "
+        f"SELECT i.id FROM {_OWN}.new_purposes AS n "
         "JOIN identifiers AS i ON i.user_id = n.user_id"
     )
 
@@ -644,14 +747,14 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     were recorded."""
     conn.execute(
         "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
-        f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_STAGE}.new_events",
+        f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_EFFECTS}.new_events",
         (source_id,),
     )
     # A change wherever the state differs from the one before: for a user with one
     # event taking effect (most), the registry's; for the others, the previous event's.
     conn.execute(
         "INSERT INTO consent_changes (user_id, state, source_id) "
-        f"SELECT user_id, state, ? FROM {_STAGE}.user_events "
+        f"SELECT user_id, state, ? FROM {_EFFECTS}.user_events "
         "WHERE taking = 1 AND (before IS NULL OR before <> state)",
         (source_id,),
     )
@@ -660,7 +763,7 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
         "SELECT user_id, state, ? FROM ("
         " SELECT e.user_id, e.state, LAG(e.state, 1, e.before) OVER ("
         "  PARTITION BY e.user_id ORDER BY e.effective_at, e.state) AS prior"
-        f" FROM {_STAGE}.new_events AS e JOIN {_STAGE}.user_events AS u ON u.user_id = e.user_id"
+        f" FROM {_EFFECTS}.new_events AS e JOIN {_EFFECTS}.user_events AS u ON u.user_id = e.user_id"
         " WHERE e.applies AND u.taking > 1) "
         "WHERE prior IS NULL OR prior <> state",
         (source_id,),
@@ -668,13 +771,13 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     conn.execute(
         "UPDATE users SET ads_matching = a.state, "
         "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
-        f"FROM {_STAGE}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
+        f"FROM {_EFFECTS}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
     )
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_STAGE}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
+        f"SELECT i.id FROM {_EFFECTS}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
     )
-    return conn.execute(f"SELECT COUNT(*) FROM {_STAGE}.new_events").fetchone()[0]
+    return conn.execute(f"SELECT COUNT(*) FROM {_EFFECTS}.new_events").fetchone()[0]
 
 
 def _net_purposes(conn: sqlite3.Connection) -> None:

@@ -41,14 +41,18 @@ class Source:
 
 
 @contextmanager
-def recording(conn: sqlite3.Connection, source: Source) -> Iterator[int]:
-    """One write transaction of registry changes from ``source``; yields its id."""
-    with transaction(conn):
+def recording(conn: sqlite3.Connection, source: Source, immediate: bool = True) -> Iterator[int]:
+    """One write transaction of registry changes from ``source``; yields its id.
+
+    Without ``immediate`` the transaction begins deferred, locking only the databases it
+    touches, and its first statement writes: it takes the registry's write lock (waiting
+    for another writer as ``BEGIN IMMEDIATE`` would) before reading anything."""
+    with transaction(conn, immediate):
         # The writer holds the lock, and sources are never deleted: the next id is free.
-        (source_id,) = conn.execute(
-            "SELECT COALESCE(MAX(id), 0) + 1 FROM change_sources"
-        ).fetchone()
-        conn.execute("UPDATE writing_source SET source_id = ?", (source_id,))
+        conn.execute(
+            "UPDATE writing_source SET source_id = (SELECT COALESCE(MAX(id), 0) + 1 FROM change_sources)"
+        )
+        (source_id,) = conn.execute("SELECT source_id FROM writing_source").fetchone()
         yield source_id
         conn.execute("UPDATE writing_source SET source_id = NULL")
         conn.execute(
