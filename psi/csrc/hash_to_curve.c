@@ -280,29 +280,24 @@ int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
 {
     if (n == 0)
         return 0;
-    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK;
-    fe51 *scratch = malloc(3 * block * sizeof(fe51));
-    if (scratch == NULL)
+    /* A block's messages are expanded, then mapped as expanded bytes are. */
+    const size_t block = n < PSI_BLOCK ? n : PSI_BLOCK, width = (size_t)count * PSI_H2C_L;
+    uint8_t *uniform = malloc(block * width);
+    if (uniform == NULL)
         return -1;
     psi_sha512 zpad;
     zpad_state(&zpad);
-    uint8_t uniform[MAPS * PSI_H2C_L];
-    const size_t group = MAPS / count, width = (size_t)count * PSI_H2C_L;
-    for (size_t start = 0; start < n; start += block) {
+    int rc = 0;
+    for (size_t start = 0; start < n && rc == 0; start += block) {
         const size_t m = n - start < block ? n - start : block;
-        for (size_t i = 0; i < m; i += group) {
-            const int k = m - i < group ? (int)(m - i) : (int)group;
-            for (int g = 0; g < k; g++) {
-                const size_t j = start + i + g;
-                expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime,
-                       dst_prime_len, uniform + g * width, width);
-            }
-            points_from_uniform(scratch + i, scratch + block + i, uniform, k, count, avx2);
+        for (size_t i = 0; i < m; i++) {
+            const size_t j = start + i;
+            expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime, dst_prime_len,
+                   uniform + i * width, width);
         }
-        psi_batch_to_bytes(out + 32 * start, scratch, scratch + block, scratch + 2 * block, m);
+        rc = psi_hash_uniform_to_curve(uniform, m, count, avx2, out + 32 * start);
     }
-    psi_wipe(uniform, sizeof uniform);
-    psi_wipe(scratch, 3 * block * sizeof(fe51));
-    free(scratch);
-    return 0;
+    psi_wipe(uniform, block * width);
+    free(uniform);
+    return rc;
 }
