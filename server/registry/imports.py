@@ -369,7 +369,10 @@ def _attached(conn: sqlite3.Connection, name: str, directory: str) -> Iterator[N
 def _scratch(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
     conn.execute(f"PRAGMA {name}.synchronous = OFF")
-    conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
+    # The consent effects are written and read in key order, which SQLite's default
+    # cache serves; the others are looked up and sorted.
+    if name != _EFFECTS:
+        conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
 
 
 def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _Hashing) -> bool:
