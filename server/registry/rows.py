@@ -357,9 +357,15 @@ def _split(first: int, joined: bytes, layout: CsvLayout) -> list[Record]:
     except (UnicodeDecodeError, csv.Error):
         # Rare (a line not UTF-8, a field over the csv module's limit): the lines are
         # read one by one, each reported, or the file refused, by its number.
-        return [(number, None, problem) if problem else layout.record(number, cells)
-                for number, cells, problem in csv_records(joined.splitlines(keepends=True), first)]
+        return list(_laid_out(csv_records(joined.splitlines(keepends=True), first), layout))
     return [layout.record(first + k, cells) for k, cells in enumerate(lines) if not _blank(cells)]
+
+
+def _laid_out(records: Iterable[tuple[int, list[str] | None, str | None]],
+              layout: CsvLayout) -> Iterator[Record]:
+    """Records as ``csv_records`` reads them, their fields in the layout's order."""
+    for number, cells, problem in records:
+        yield (number, None, problem) if problem else layout.record(number, cells)
 
 
 def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
@@ -374,8 +380,7 @@ def batch_records(batch: Batch, layout: CsvLayout | None) -> Iterator[Record]:
             if not _blank(cells):
                 yield layout.record(first + k, cells)
     elif kind == "records":
-        for number, cells, problem in batch[1]:
-            yield (number, None, problem) if problem else layout.record(number, cells)
+        yield from _laid_out(batch[1], layout)
     else:
         _, first, lines = batch
         yield from jsonl_rows(lines, first)
