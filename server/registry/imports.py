@@ -356,23 +356,27 @@ def import_file(
 @contextmanager
 def _attached(conn: sqlite3.Connection, name: str, directory: str) -> Iterator[None]:
     """A scratch database of the import's directory, attached while in use (deleting the
-    directory discards it whole, where dropping its tables would free each page).
-    Nothing in it needs recovering after a crash, so nothing is synced."""
-    conn.execute(f"ATTACH DATABASE ? AS {name}", (str(Path(directory, f"{name}.db")),))
+    directory discards it whole, where dropping its tables would free each page)."""
+    _attach(conn, name, directory)
     try:
-        _scratch(conn, name)
         yield
     finally:
         conn.execute(f"DETACH DATABASE {name}")
 
 
-def _scratch(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
-    conn.execute(f"PRAGMA {name}.synchronous = OFF")
-    # The consent effects are written and read in key order, which SQLite's default
-    # cache serves; the others are looked up and sorted.
-    if name != _EFFECTS:
-        conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
+def _attach(conn: sqlite3.Connection, name: str, directory: str) -> None:
+    """Nothing in a scratch database needs recovering after a crash, so nothing is synced."""
+    conn.execute(f"ATTACH DATABASE ? AS {name}", (str(Path(directory, f"{name}.db")),))
+    try:
+        conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
+        conn.execute(f"PRAGMA {name}.synchronous = OFF")
+        # The consent effects are written and read in key order, which SQLite's default
+        # cache serves; the others are looked up and sorted.
+        if name != _EFFECTS:
+            conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
+    except BaseException:
+        conn.execute(f"DETACH DATABASE {name}")
+        raise
 
 
 def _stage(conn, layout, batches, report: ImportReport, region, pool, hashing: _Hashing) -> bool:
@@ -546,8 +550,6 @@ class _ConsentEffects:
 
     def __init__(self, conn: sqlite3.Connection, directory: str) -> None:
         """Inside the transaction, once it holds the write lock."""
-        self._thread: threading.Thread | None = None
-        self._reader: sqlite3.Connection | None = None
         self._error: BaseException | None = None
         # (``store.connect`` opens registries from files only.)
         registry = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
@@ -559,8 +561,7 @@ class _ConsentEffects:
             reader.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
             stage = Path(directory, f"{_STAGE}.db").as_uri()
             reader.execute(f"ATTACH DATABASE ? AS {_STAGE}", (f"{stage}?mode=ro",))
-            reader.execute(f"ATTACH DATABASE ? AS {_EFFECTS}", (str(Path(directory, f"{_EFFECTS}.db")),))
-            _scratch(reader, _EFFECTS)
+            _attach(reader, _EFFECTS, directory)  # detached by closing
             reader.execute("BEGIN")
             reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
         except BaseException:
@@ -579,19 +580,16 @@ class _ConsentEffects:
 
     def result(self) -> None:
         """Wait for the tables (the thread's failure is raised here)."""
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
         """No statement of the thread runs past this (a failed transaction interrupts it)."""
-        if self._thread is not None:
-            if self._thread.is_alive():
-                self._reader.interrupt()
-            self._thread.join()
-        if self._reader is not None:
-            self._reader.close()
+        if self._thread.is_alive():
+            self._reader.interrupt()
+        self._thread.join()
+        self._reader.close()
 
 
 def _consent_tables(conn: sqlite3.Connection) -> None:
