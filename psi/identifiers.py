@@ -23,6 +23,7 @@ __all__ = [
     "ID_TYPES",
     "EncodedList",
     "digest_from_hex",
+    "email_digests",
     "encode_identifier",
     "encode_identifiers",
     "is_sha256_hex",
@@ -88,6 +89,35 @@ def normalize_email(value: str) -> str:
     if _EMAIL_FORBIDDEN.search(email) or not email.isprintable():
         raise InvalidIdentifierError("email", "contains whitespace, a control or a forbidden character")
     return email
+
+
+# An address ``normalize_email`` accepts and leaves as it is, apart from letter case,
+# when it is printable ASCII: NFC changes no ASCII text, and the rest of its rules are
+# these characters and this shape (one '@', a non-empty local part, a dotted domain
+# without empty labels). A whole list is searched at once, one address per line, for a
+# line of another shape.
+_EMAIL_CHARS = {chr(c) for c in range(0x21, 0x7F)} - set('<>()[],;:\\"@')
+_LOCAL = "[%s]+" % "".join(map(re.escape, sorted(_EMAIL_CHARS)))
+_LABEL = "[%s]+" % "".join(map(re.escape, sorted(_EMAIL_CHARS - {"."})))
+_NOT_PLAIN_EMAIL = re.compile(rf"^(?!{_LOCAL}@{_LABEL}(?:\.{_LABEL})+$)", re.MULTILINE)
+
+
+def email_digests(values: list[str]) -> list[bytes] | None:
+    """``value_digest(normalize_email(v))`` for every value, computed for the whole list
+    at once, or ``None`` if one is not a plain ASCII address ``normalize_email`` accepts
+    (the caller then takes them one by one, to name each rule broken)."""
+    if not values:
+        return []
+    stripped = [v.strip() for v in values]
+    text = "\n".join(stripped)
+    if (max(map(len, stripped)) > MAX_EMAIL_LENGTH or not text.isascii()
+            or _NOT_PLAIN_EMAIL.search(text) is not None):
+        return None
+    lines = text.lower().encode("ascii").split(b"\n")
+    if len(lines) != len(values):  # a value with a line break inside
+        return None
+    sha256 = hashlib.sha256
+    return [sha256(e).digest() for e in lines]
 
 
 def region_code(text: str | None) -> str | None:

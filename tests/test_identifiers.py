@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from psi import InvalidIdentifierError, encode_identifier, encode_identifiers
 from psi.identifiers import (
     PHONE_NEEDS_COUNTRY,
+    MAX_EMAIL_LENGTH,
     digest_from_hex,
+    email_digests,
     is_sha256_hex,
     normalize_email,
     normalize_phone,
@@ -277,3 +279,56 @@ def test_hashed_values_say_what_they_are():
             digest_from_hex("email", other)
     with pytest.raises(InvalidIdentifierError, match="prehashed value is not 64 hex digits"):
         digest_from_hex("email", "jane@example.com")
+
+
+# --- a list of emails at once ---------------------------------------------------------
+
+
+def _one_by_one(values):
+    """Each value's digest as the rules give it, or None for a rejected one."""
+    out = []
+    for v in values:
+        try:
+            out.append(hashlib.sha256(normalize_email(v).encode()).digest())
+        except (InvalidIdentifierError, UnicodeEncodeError):
+            out.append(None)
+    return out
+
+
+# Values near the rules' edges: every ASCII character, the shapes around '@' and '.',
+# line breaks inside a value, and non-ASCII text (which only the rule-by-rule path reads).
+near_emails = st.one_of(
+    emails,
+    st.builds(lambda a, b, c: a + b + c, st.text(alphabet="a.@", max_size=4),
+              st.sampled_from(["", "@", ".", "x@y.z", "x@y..z", "x@.y", "@y.z", "x@y.z.", "x@y.z\nw@v.u"]),
+              st.text(alphabet="a.@", max_size=4)),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12),
+    st.text(max_size=8),
+)
+
+
+@given(st.lists(near_emails, min_size=1, max_size=6))
+def test_email_digests_are_the_rules_digests_or_nothing(values):
+    expected = _one_by_one(values)
+    digests = email_digests(values)
+    if None in expected:
+        assert digests is None
+    elif digests is not None:
+        assert digests == expected
+
+
+@given(st.lists(emails, min_size=1, max_size=50))
+def test_plain_address_lists_take_one_pass(values):
+    """Trimmed ASCII addresses of the usual shape (most files) never need the slow path."""
+    assert email_digests(values) == _one_by_one(values)
+
+
+def test_email_digests_edges():
+    assert email_digests([]) == []
+    longest = "a" * (MAX_EMAIL_LENGTH - len("@b.co")) + "@b.co"
+    assert email_digests([longest]) == _one_by_one([longest])
+    assert email_digests(["x" + longest]) is None
+    # accepted by the rules but not plain ASCII: left to them
+    assert email_digests(["jöe@example.com"]) is None and _one_by_one(["jöe@example.com"])[0]
+    for bad in ("a@b", "a@b..c", "a@.b.c", "a@b.c.", "a b@c.d", "a@b@c.d", "a\x7f@b.c", "a@b.c\nd@e.f", ""):
+        assert email_digests(["ok@example.com", bad]) is None, bad

@@ -16,7 +16,7 @@ from itertools import chain, islice
 from operator import itemgetter, methodcaller
 
 from psi.errors import InvalidIdentifierError
-from psi.identifiers import DEFAULT_REGION, ID_TYPES, encode_identifier
+from psi.identifiers import DEFAULT_REGION, ID_TYPES, email_digests, encode_identifier
 from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .times import FUTURE_SKEW, parse_time
@@ -162,10 +162,23 @@ def _check_columns(read: list[tuple], region: str | None, latest: str) -> list[t
     if None in (id_types, purposes, consents, whens, actions):
         return None
     try:
-        hashes = [_value_hash(t, v.strip(), region) for t, v in zip(id_types, texts[2])]
+        hashes = _value_hashes(id_types, texts[2], region)
     except (InvalidIdentifierError, UnicodeEncodeError):
         return None
     return list(zip(user_ids, id_types, hashes, purposes, consents, whens, actions))
+
+
+def _value_hashes(id_types: list[str], values: tuple[str, ...], region: str | None) -> list[bytes]:
+    """``_value_hash`` of each value: the emails of a column at once where they are all
+    plain addresses (most files), otherwise one by one."""
+    emails = [i for i, t in enumerate(id_types) if t == "email"]
+    digests = email_digests([values[i] for i in emails])
+    if digests is None:
+        return [_value_hash(t, v.strip(), region) for t, v in zip(id_types, values)]
+    hashes: list = [None] * len(values)
+    for i, digest in zip(emails, digests):
+        hashes[i] = digest
+    return [h or _value_hash(t, v.strip(), region) for h, t, v in zip(hashes, id_types, values)]
 
 
 def _one_of(column: tuple[str, ...], allowed: tuple[str, ...]) -> list[str] | None:
