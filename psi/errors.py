@@ -52,3 +52,15 @@ class InvalidPointError(PSIError, ValueError):
 
 class ProtocolError(PSIError, ValueError):
     """A protocol message breaks the protocol's rules (order, sizes, encodings)."""
+
+
+class SessionError(PSIError):
+    """Ends a session. ``status`` names a gRPC status code (``INVALID_ARGUMENT``...);
+    ``reason`` is a short word the other party maps to an outcome (``budget``, ``busy``,
+    ``list_too_small``...). Messages name the rule that failed, never data."""
+
+    def __init__(self, status: str, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason

@@ -126,6 +126,12 @@ def _exit_with_parent() -> None:
     threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
 
 
+# Workers fork from a server that has imported these once, so each starts in
+# milliseconds instead of importing numpy, gmpy2 and cryptography again. (A name that
+# no longer imports would only be skipped: the test suite checks them.)
+PRELOAD = ("psi.keys", "psi.to_curve")
+
+
 class ProcessExecutor:
     """A local process pool.
 
@@ -138,9 +144,7 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or cpu_count()
         context = _WorkerContext()
-        # Workers fork from a server that has imported the core once, so each starts in
-        # milliseconds instead of importing numpy, gmpy2 and cryptography again.
-        context.set_forkserver_preload(["psi.keys", "psi.hash_to_curve"])
+        context.set_forkserver_preload(list(PRELOAD))
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=context, initializer=_exit_with_parent
         )

@@ -12,9 +12,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
+from psi.errors import SessionError
 from psi.noise import EPSILON_RESOLUTION, Release
-from psi.protocol import SessionError, SessionRecord
+
+if TYPE_CHECKING:
+    from psi.protocol import SessionRecord
 
 from .advertisers import Advertiser
 from .store import connect, transaction

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -23,8 +24,11 @@ from psi.protocol import Policy
 
 from . import advertisers, budget, options, store
 from .options import DEFAULTS, HelpFormatter, count, epsilon, number, time_argument
-from .registry import changes, history, imports, processing, rows
+from .registry import changes, history, processing, rows
 from .registry.times import now_utc
+
+if TYPE_CHECKING:
+    from .registry.imports import ImportReport
 
 err = Console(stderr=True, soft_wrap=True)
 EXIT_USAGE = 2
@@ -78,6 +82,9 @@ class _ByteCounter:
 
 
 def cmd_consent_import(args) -> int:
+    # Here, not above: the other commands start without numpy and the native core.
+    from .registry import imports
+
     path = Path(args.file)
     if not path.is_file():
         err.print(f"[red]error:[/] {path} is not a readable file")
@@ -128,7 +135,7 @@ def cmd_consent_import(args) -> int:
     return EXIT_INPUT if report.invalid_rows else 0
 
 
-def _print_import_report(report: imports.ImportReport, name: str, as_json: bool) -> None:
+def _print_import_report(report: ImportReport, name: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps({
             "rows": report.rows, "imported_rows": report.imported_rows,
@@ -416,7 +423,8 @@ def cmd_report_processing(args) -> int:
 
 def cmd_serve(args) -> int:
     from .grpc_options import header_tracers
-    from .service import ServerConfig, serve_forever
+    from .config import ServerConfig
+    from .service import serve_forever
 
     grpc_trace = os.environ.get("GRPC_TRACE", "")
     tracers = header_tracers(grpc_trace)

@@ -30,7 +30,7 @@ from psi.protocol import Policy
 
 from .registry.rows import DEFAULT_REGION
 from .registry.times import FUTURE_SKEW, latest_accepted, parse_time
-from .service import ServerConfig
+from .config import ServerConfig
 
 __all__ = [
     "DEFAULTS",

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -23,12 +23,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psi.parallel import Executor, get_executor
-from psi.protocol import PROTOCOL_VERSION, Policy, ServerSession, SessionError
+from psi.protocol import PROTOCOL_VERSION, ServerSession, SessionError
 from psi.tls import check_certificates, check_key_pair
 from psi_proto.v2 import matcher_pb2 as pb
 from psi_proto.v2 import matcher_pb2_grpc as pb_grpc
 
 from . import advertisers, budget, store
+from .config import ServerConfig
 from .grpc_options import check_listen, server_options
 from .health import Availability
 from .live import LiveSet
@@ -48,24 +49,6 @@ STATUS = {
         "UNAUTHENTICATED", "UNAVAILABLE", "CANCELLED", "INTERNAL",
     )
 }
-
-
-@dataclass
-class ServerConfig:
-    db: str
-    listen: str = "127.0.0.1:50051"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    client_ca: str | None = None
-    insecure: bool = False
-    policy: Policy = field(default_factory=Policy)
-    workers: int | None = None
-    executor: Executor | None = None
-    identifiers_per_user: int = 1
-    max_sessions: int = 16
-    max_sessions_per_advertiser: int = 2
-    session_timeout: float = 3600.0
-    grace: float = 30.0
 
 
 def is_loopback(listen: str) -> bool:

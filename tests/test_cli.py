@@ -2,6 +2,8 @@
 precedence, advertisers, consent commands."""
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -23,6 +25,32 @@ def usage_error(argv, capsys) -> str:
         main(argv)
     assert exc.value.code == 2
     return capsys.readouterr().err
+
+
+def test_registry_commands_start_without_the_computation(tmp_path):
+    """The commands that only read and write the registry load neither numpy nor gRPC
+    (about half a second each); the import loads numpy, not gRPC."""
+    db, users = tmp_path / "r.db", tmp_path / "u.csv"
+    users.write_text(HEADER + "u1,email,a@example.com,account,granted,2026-01-01T00:00:00Z\n")
+    script = (
+        "import sys\nfrom psi_server.cli import main\n"
+        f"main(['init', '--db', {str(db)!r}])\n"
+        f"main(['advertiser', 'add', '--db', {str(db)!r}, 'acme', '--epsilon-budget', '1'])\n"
+        f"main(['advertiser', 'list', '--db', {str(db)!r}])\n"
+        "print(sorted(m for m in ('numpy', 'grpc', 'psi._native') if m in sys.modules))\n"
+        f"main(['consent', 'import', '--db', {str(db)!r}, {str(users)!r}])\n"
+        "print(sorted(m for m in ('numpy', 'grpc') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-2:] == ["[]", "['numpy']"]
+
+
+def test_the_pool_preloads_modules_that_exist():
+    import importlib.util
+
+    from psi.parallel import PRELOAD
+
+    assert all(importlib.util.find_spec(name) is not None for name in PRELOAD)
 
 
 def test_version(capsys):

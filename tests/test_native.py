@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from psi import backend, hash_to_curve
-from psi.hash_to_curve import PRODUCT_DST, _dst_prime, _expand, _uniform_to_points
+from psi.to_curve import PRODUCT_DST, _dst_prime, _expand, _uniform_to_points
 from psi.keys import _apply_chunk_python
 from psi.points import canonical_mask
 

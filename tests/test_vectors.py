@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from psi import InvalidPointError, Key, encode_to_curve, expand_message_xmd, hash_to_curve
-from psi.hash_to_curve import hash_to_field, map_to_curve_affine
+from psi.to_curve import hash_to_field, map_to_curve_affine
 
 from .conftest import load_vectors
 

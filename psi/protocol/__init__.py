@@ -13,23 +13,27 @@ the executor (and, on the server, the table source and the ledger) injected. A s
    ``count + noise`` (or "fewer than the threshold").
 """
 
-from . import inprocess
-from .client import ClientSession, Outcome, Progress
-from .common import MAX_GROUP_SIZE, PROTOCOL_VERSION, SessionError
-from .server import ArrayTable, Ledger, Policy, ServerSession, SessionRecord, TableSource
+from __future__ import annotations
 
-__all__ = [
-    "MAX_GROUP_SIZE",
-    "PROTOCOL_VERSION",
-    "ArrayTable",
-    "ClientSession",
-    "Ledger",
-    "Outcome",
-    "Policy",
-    "Progress",
-    "ServerSession",
-    "SessionError",
-    "SessionRecord",
-    "TableSource",
-    "inprocess",
-]
+from .._exports import lazy
+
+# name -> the module of this package that defines it (loaded on first use, so that the
+# operator's command line reads ``Policy`` without the protocol's computation)
+_EXPORTS = {
+    "MAX_GROUP_SIZE": "policy",
+    "Policy": "policy",
+    "PROTOCOL_VERSION": "common",
+    "SessionError": "common",
+    "ClientSession": "client",
+    "Outcome": "client",
+    "Progress": "client",
+    "ArrayTable": "server",
+    "Ledger": "server",
+    "ServerSession": "server",
+    "SessionRecord": "server",
+    "TableSource": "server",
+    "inprocess": "inprocess",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS, globals())

@@ -18,7 +18,7 @@ import numpy as np
 from psi_proto.v2 import matcher_pb2 as pb
 
 from ..errors import ProtocolError
-from ..hash_to_curve import hash_to_curve_stream
+from ..to_curve import hash_to_curve_stream
 from ..intersection import is_strictly_sorted, sort_rows, truncate
 from ..keys import Key
 from ..parallel import Executor

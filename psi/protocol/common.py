@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
-from ..errors import PSIError
+from ..errors import SessionError
 from ..intersection import TRUNCATED
+from .policy import MAX_GROUP_SIZE
 
 __all__ = [
     "MAX_GROUP_SIZE",
@@ -22,21 +23,6 @@ __all__ = [
 
 PROTOCOL_VERSION = 2
 POINT = 32  # bytes of a u-coordinate
-# Identifiers of one customer. Rows that share identifiers are merged into one customer,
-# so a chain of shared placeholders could otherwise make one customer of a whole file.
-MAX_GROUP_SIZE = 1024
-
-
-class SessionError(PSIError):
-    """Ends a session. ``status`` names a gRPC status code (``INVALID_ARGUMENT``...);
-    ``reason`` is a short word the other party maps to an outcome (``budget``, ``busy``,
-    ``list_too_small``...). Messages name the rule that failed, never data."""
-
-    def __init__(self, status: str, message: str, reason: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
 
 
 def unpack(data: bytes, width: int, limit: int, what: str) -> np.ndarray:

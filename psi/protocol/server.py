@@ -28,7 +28,7 @@ import numpy as np
 from psi_proto.v2 import matcher_pb2 as pb
 
 from ..errors import InvalidPointError
-from ..hash_to_curve import hash_to_curve
+from ..to_curve import hash_to_curve
 from ..identifiers import ID_TYPES
 from ..intersection import GroupIndex, is_strictly_sorted
 from ..keys import Key
@@ -43,31 +43,11 @@ from .common import (
     random_permutation,
     unpack,
 )
+from .policy import Policy
 
 __all__ = ["ArrayTable", "Ledger", "Policy", "ServerSession", "SessionRecord", "TableSnapshot", "TableSource"]
 
 TABLE_CHUNK = 2048  # table points per task and per message: ~55 ms of X25519
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The server's rules for sessions (the command line's defaults are these)."""
-
-    min_list_size: int = 100  # customers
-    max_list_size: int = 10_000_000  # items: the server holds about 20 bytes per item
-    threshold: int = 100
-    epsilon_min: float = 0.01
-    epsilon_max: float = 1.0
-    noise: bool = True
-    max_points_per_message: int = 16384
-    max_digests_per_message: int = 32768
-    # Drawing the noise takes at least this long, so the time to Accepted does not
-    # depend on the values drawn (see SessionNoise.draw).
-    noise_floor_seconds: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.max_points_per_message < MAX_GROUP_SIZE:
-            raise ValueError(f"max_points_per_message must be at least {MAX_GROUP_SIZE}")
 
 
 class TableSnapshot(Protocol):
