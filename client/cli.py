@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from psi.identifiers import DEFAULT_REGION, ID_TYPES
 from psi.noise import count_epsilon, epsilon_fraction
+from psi.parallel import get_executor, start_workers
 from psi.protocol import MAX_GROUP_SIZE, Outcome
 from psi.tls import TLSFileError
 
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (math.isfinite(args.epsilon) and args.epsilon > 0):
         err.print("[red]error:[/] --epsilon must be a positive number")
         return EXIT_USAGE
+    if args.workers is not None and args.workers < 1:
+        err.print("[red]error:[/] --workers must be at least 1")
+        return EXIT_USAGE
     try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -244,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, config: ClientConfig, chan) -> int:
+    if not args.executor:
+        start_workers(get_executor(config.workers))  # while the list is read
     try:
         with err.status("reading list"):
             listing = _read(args)

@@ -30,6 +30,7 @@ __all__ = [
     "cpu_count",
     "get_executor",
     "imap",
+    "start_workers",
 ]
 
 
@@ -152,6 +153,20 @@ class ProcessExecutor:
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
         return self._pool.submit(fn, *args)
 
+    def start(self) -> None:
+        """Start every worker in the background and return at once, so that they are up
+        when the first tasks come (the pool otherwise starts one per task that finds
+        none idle, and the first waits for the forkserver's imports)."""
+
+        def spawn() -> None:
+            try:
+                for _ in range(self.workers):
+                    self._pool.submit(int)
+            except RuntimeError:  # shut down meanwhile
+                pass
+
+        threading.Thread(target=spawn, name="pool-start", daemon=True).start()
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -172,6 +187,13 @@ def get_executor(workers: int | None = None) -> InlineExecutor | ProcessExecutor
         if pool is None:
             pool = _pools[count] = ProcessExecutor(count)
         return pool
+
+
+def start_workers(executor: Executor) -> None:
+    """Start a local pool's workers in the background (``ProcessExecutor.start``); other
+    executors have nothing to start."""
+    if isinstance(executor, ProcessExecutor):
+        executor.start()
 
 
 @atexit.register

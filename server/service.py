@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from psi.parallel import Executor, get_executor
+from psi.parallel import Executor, get_executor, start_workers
 from psi.protocol import PROTOCOL_VERSION, ServerSession, SessionError
 from psi.tls import check_certificates, check_key_pair
 from psi_proto.v2 import matcher_pb2 as pb
@@ -359,6 +359,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     except RuntimeError:  # gRPC logged why; check_listen covers the common causes
         raise OSError(f"cannot listen on {config.listen}") from None
     server.start()
+    start_workers(executor)  # while the live set is read
     live.build()
     availability.ready()
     return RunningServer(server, port, availability, live, service, threading.Event())

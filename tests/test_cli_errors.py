@@ -138,6 +138,14 @@ def test_epsilon_that_no_server_accepts(world, epsilon):
     assert one_line(out.stderr) == "error: --epsilon must be a positive number"
 
 
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one(world, workers):
+    _, _, token_file, listing, _ = world
+    out = match("127.0.0.1:9", token_file, listing, "--insecure", f"--workers={workers}")
+    assert out.returncode == 2
+    assert one_line(out.stderr) == "error: --workers must be at least 1"
+
+
 def test_epsilon_outside_the_servers_bounds(world, tls_server):
     _, db, token_file, listing, pki = world
     conn = store.connect(db)

@@ -1,6 +1,7 @@
 """Properties of the core: commutativity, worker-count independence, exact counting."""
 
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +42,21 @@ def test_parallel_results_bit_identical_to_single_process():
     finally:
         pool.shutdown()
     assert np.array_equal(key.apply(h, workers=2), key.apply(h, executor=InlineExecutor()))
+
+
+def test_started_pool_has_every_worker_before_any_task():
+    """``start`` brings every worker up in the background (a pool otherwise starts them
+    one per task that finds none idle)."""
+    pool = ProcessExecutor(2)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 60
+        while len(pool._pool._processes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._pool._processes) == 2
+        assert pool.submit(sum, (1, 2)).result() == 3
+    finally:
+        pool.shutdown()
 
 
 def test_bad_points_counted_not_echoed():
