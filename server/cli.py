@@ -82,13 +82,17 @@ class _ByteCounter:
 
 
 def cmd_consent_import(args) -> int:
-    # Here, not above: the other commands start without numpy and the native core.
-    from .registry import imports
-
     path = Path(args.file)
     if not path.is_file():
         err.print(f"[red]error:[/] {path} is not a readable file")
         return EXIT_INPUT
+    # Here, not above: the other commands start without a pool, numpy or the native core.
+    from psi.parallel import get_executor, start_workers
+
+    if args.executor is None:
+        start_workers(get_executor(args.workers))  # loading the core while this process does
+    from .registry import imports
+
     fmt = args.format or rows.detect_format(path.name)
     conn = store.connect(args.db)
     executor = _executor(args.executor)
