@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 from psi.errors import SessionError
 from psi.noise import EPSILON_RESOLUTION, Release
 
-if TYPE_CHECKING:
-    from psi.protocol import SessionRecord
-
 from .advertisers import Advertiser
 from .store import connect, transaction
+
+if TYPE_CHECKING:
+    from psi.protocol import SessionRecord
 
 __all__ = [
     "AuditEntry",

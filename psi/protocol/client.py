@@ -18,10 +18,10 @@ import numpy as np
 from psi_proto.v2 import matcher_pb2 as pb
 
 from ..errors import ProtocolError
-from ..to_curve import hash_to_curve_stream
 from ..intersection import is_strictly_sorted, sort_rows, truncate
 from ..keys import Key
 from ..parallel import Executor
+from ..to_curve import hash_to_curve_stream
 from .common import MAX_GROUP_SIZE, POINT, PROTOCOL_VERSION, random_permutation
 
 __all__ = ["ClientSession", "Outcome", "Progress"]

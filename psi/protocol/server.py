@@ -28,12 +28,12 @@ import numpy as np
 from psi_proto.v2 import matcher_pb2 as pb
 
 from ..errors import InvalidPointError
-from ..to_curve import hash_to_curve
 from ..identifiers import ID_TYPES
 from ..intersection import GroupIndex, is_strictly_sorted
 from ..keys import Key
 from ..noise import EPSILON_RESOLUTION, RandomSource, Release, SessionNoise, epsilon_fraction
 from ..parallel import Executor
+from ..to_curve import hash_to_curve
 from .common import (
     MAX_GROUP_SIZE,
     POINT,
