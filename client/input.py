@@ -23,7 +23,7 @@ from psi.identifiers import (
     ID_TYPES,
     PHONE_NEEDS_COUNTRY,
     digest_from_hex,
-    email_digests,
+    email_digests_by_place,
     is_sha256_hex,
     normalize_email,
     read_phone,
@@ -272,23 +272,11 @@ def _encode(value: _Value, prehashed: bool, out: _Encoded) -> bytes:
     return value_digest(e164)
 
 
-_EMAIL = ID_TYPES.index("email")
-
-
-def _plain_emails(values: list[_Value], prehashed: bool) -> dict[int, bytes]:
-    """The digests of the batch's raw emails, by place, where they are all plain
-    addresses (``email_digests``); none otherwise."""
-    if prehashed:
-        return {}
-    places = [k for k, value in enumerate(values) if value[2] == _EMAIL]
-    digests = email_digests([values[k][3] for k in places])
-    return dict(zip(places, digests)) if digests is not None else {}
-
-
 def _encode_batch(values: list[_Value], prehashed: bool) -> _Encoded:
     """Pool task: normalize and hash one batch of values (phones cost ~0.1 ms each)."""
     out = _Encoded()
-    plain = _plain_emails(values, prehashed)
+    # A hashed list holds no raw email to read at once.
+    plain = {} if prehashed else email_digests_by_place([ID_TYPES[v[2]] for v in values], [v[3] for v in values])
     for k, value in enumerate(values):
         line, row, type_index = value[0], value[1], value[2]
         out.submitted[type_index] += 1

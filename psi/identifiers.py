@@ -11,7 +11,7 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -24,6 +24,7 @@ __all__ = [
     "EncodedList",
     "digest_from_hex",
     "email_digests",
+    "email_digests_by_place",
     "encode_identifier",
     "encode_identifiers",
     "is_sha256_hex",
@@ -118,6 +119,14 @@ def email_digests(values: list[str]) -> list[bytes] | None:
         return None
     sha256 = hashlib.sha256
     return [sha256(e).digest() for e in lines]
+
+
+def email_digests_by_place(id_types: Sequence[str], values: Sequence[str]) -> dict[int, bytes]:
+    """``email_digests`` of the values whose type is email among values of every type,
+    by their place; empty unless those emails are all plain addresses."""
+    places = [i for i, t in enumerate(id_types) if t == "email"]
+    digests = email_digests([values[i] for i in places])
+    return dict(zip(places, digests)) if digests is not None else {}
 
 
 def region_code(text: str | None) -> str | None:

@@ -13,6 +13,7 @@ from psi.identifiers import (
     MAX_EMAIL_LENGTH,
     digest_from_hex,
     email_digests,
+    email_digests_by_place,
     is_sha256_hex,
     normalize_email,
     normalize_phone,
@@ -332,3 +333,11 @@ def test_email_digests_edges():
     assert email_digests(["jöe@example.com"]) is None and _one_by_one(["jöe@example.com"])[0]
     for bad in ("a@b", "a@b..c", "a@.b.c", "a@b.c.", "a b@c.d", "a@b@c.d", "a\x7f@b.c", "a@b.c\nd@e.f", ""):
         assert email_digests(["ok@example.com", bad]) is None, bad
+
+
+def test_email_digests_by_place_among_other_types():
+    types, values = ["phone", "email", "email"], ["+1 650 555 0100", " A@b.co", "c@d.ef"]
+    digests = _one_by_one(values[1:])
+    assert email_digests_by_place(types, values) == {1: digests[0], 2: digests[1]}
+    assert email_digests_by_place(types, [values[0], values[1], "c@d"]) == {}
+    assert email_digests_by_place(["phone"], ["+1 650 555 0100"]) == {}

@@ -16,7 +16,7 @@ from itertools import chain, islice
 from operator import itemgetter, methodcaller
 
 from psi.errors import InvalidIdentifierError
-from psi.identifiers import DEFAULT_REGION, ID_TYPES, email_digests, encode_identifier
+from psi.identifiers import DEFAULT_REGION, ID_TYPES, email_digests_by_place, encode_identifier
 from psi.records import NOT_UTF8, MalformedFile, csv_records, decoded_lines
 
 from .times import FUTURE_SKEW, parse_time
@@ -171,14 +171,9 @@ def _check_columns(read: list[tuple], region: str | None, latest: str) -> list[t
 def _value_hashes(id_types: list[str], values: tuple[str, ...], region: str | None) -> list[bytes]:
     """``_value_hash`` of each value: the emails of a column at once where they are all
     plain addresses (most files), otherwise one by one."""
-    emails = [i for i, t in enumerate(id_types) if t == "email"]
-    digests = email_digests([values[i] for i in emails])
-    if digests is None:
-        return [_value_hash(t, v.strip(), region) for t, v in zip(id_types, values)]
-    hashes: list = [None] * len(values)
-    for i, digest in zip(emails, digests):
-        hashes[i] = digest
-    return [h or _value_hash(t, v.strip(), region) for h, t, v in zip(hashes, id_types, values)]
+    plain = email_digests_by_place(id_types, values)
+    return [plain[i] if i in plain else _value_hash(t, v.strip(), region)
+            for i, (t, v) in enumerate(zip(id_types, values))]
 
 
 def _one_of(column: tuple[str, ...], allowed: tuple[str, ...]) -> list[str] | None:
