@@ -131,6 +131,8 @@ def map_to_curve_affine(u: int) -> tuple[int, int]:
     """Elligator 2 map of one field element to an affine point ``(x, y)`` (for tests)."""
     xn, xd, y = _map(gmpy2.mpz(u) % P)
     return int(xn * gmpy2.invert(xd, P) % P), int(y)
+
+
 def _add(q0, q1):
     """Projective u-coordinate ``(X, Z)`` of ``Q0 + Q1`` for fraction-form affine inputs."""
     p = P
