@@ -1,5 +1,6 @@
 """Bulk import: malformed files, exact error reports, idempotence, integrity."""
 
+import gc
 import json
 import subprocess
 import sys
@@ -315,3 +316,29 @@ def test_action_and_reserved_user_ids_are_checked(reg):
     assert report.errors == [(2, "action must be one of add, remove (empty means add)"),
                              (3, "user_id may not start with 'erased:' (kept for erased users)")]
     assert counts(conn) == (0, 0, 0, 0)
+
+
+def test_reading_a_batch_leaves_the_cyclic_collector_as_it_found_it(reg, monkeypatch):
+    """A batch is read with the collector paused (its rows make no cycle); it runs again
+    after, even when the read fails, and stays off where it was off."""
+    _, conn = reg
+    seen = []
+    check_rows = imports.check_rows
+    monkeypatch.setattr(imports, "check_rows", lambda *a: seen.append(gc.isenabled()) or check_rows(*a))
+    run_import(conn, (HEADER + GOOD).encode())
+    assert seen == [False] and gc.isenabled()
+
+    def fails(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(imports, "check_rows", fails)
+    with pytest.raises(MemoryError):
+        run_import(conn, (HEADER + GOOD).encode())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(MemoryError):
+            run_import(conn, (HEADER + GOOD).encode())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

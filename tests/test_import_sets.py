@@ -187,6 +187,28 @@ def test_larger_random_imports_write_what_the_triggers_write(tmp_path):
     triggers.close()
 
 
+def test_values_counted_beside_the_transaction_serve_a_file_of_new_identifiers(tmp_path):
+    """A file whose every adding row numbers a new identifier (values shared between
+    users, over several batches) takes the rows counted per value before the transaction;
+    one with a row adding an identifier the registry holds has them counted in the
+    transaction. Both write what the triggers write."""
+    sets, triggers = registries(tmp_path)
+    statements: list[str] = []
+    sets.set_trace_callback(statements.append)
+    counted_inside = f"CREATE TABLE {imports._OWN}.new_values"
+    shared = [model.Row(u, u % 7, "account", "granted", 1, "add", False) for u in range(3 * imports.BATCH // 2)]
+    apply_both(sets, triggers, 0, ("import", shared))
+    assert not [s for s in statements if s.startswith(counted_inside)]
+    assert sets.execute("SELECT holders FROM points ORDER BY holders DESC LIMIT 1").fetchone()[0] > imports.BATCH // 7
+    statements.clear()
+    held = [model.Row(0, 0, "account", "granted", 1, "add", False)]
+    apply_both(sets, triggers, 1, ("import", held + [model.Row(u, u, "account", "granted", 2, "add", False)
+                                                     for u in range(20_000, 20_050)]))
+    assert [s for s in statements if s.startswith(counted_inside)]
+    sets.close()
+    triggers.close()
+
+
 def test_a_failed_final_transaction_leaves_the_registry_and_its_triggers_as_they_were(tmp_path):
     sets, _ = registries(tmp_path)
     data = csv_of([model.Row(1, 1, "account", "granted", 1, "add", False)])
@@ -354,7 +376,7 @@ def test_a_failure_beside_or_in_the_final_transaction_leaves_nothing(tmp_path, m
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
         imports.import_file(sets, io.BytesIO(data), "csv", "second", workers=1)
     assert contents(sets, 0) == before
-    assert not [t for t in threading.enumerate() if t.name == "import-consent-effects"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("import-")]
     assert set(Path(tempfile.gettempdir()).glob("psi-import-*")) == leftovers
     assert [name for _, name, _ in sets.execute("PRAGMA database_list")] == ["main"]
     # the registry takes the next import

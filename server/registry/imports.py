@@ -5,8 +5,8 @@ line revokes a consent granted on its first line must never be half applied, and
 failure (bad disk, killed process) leaves the registry exactly as it was. A value the
 registry already holds is not hashed again: its stored point serves the new identifier.
 The others are hashed by the pool while the final transaction runs (``_Hashing``), and
-what the file's consent events do to each user is worked out beside it, on a second
-connection (``_ConsentEffects``).
+what the file's consent events do to each user, and how many rows add each value, are
+worked out beside it, each on a connection of its own (``_Beside``).
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
@@ -21,6 +21,7 @@ schema without them. Withdrawals still go through the delete triggers.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sqlite3
 import tempfile
@@ -107,10 +108,11 @@ class _Digested:
 
 # The import's own tables, in scratch databases of its temporary directory (see
 # ``_attached``): the file's rows, staged before the final transaction, which the
-# connection of ``_ConsentEffects`` reads too; what that connection computes; and the
-# final transaction's own tables, apart so that it leaves the first as that reader sees it.
+# connections of ``_Beside`` read too; what each of those computes; and the final
+# transaction's own tables, apart so that it leaves the first as those readers see it.
 _STAGE = "import_stage"
 _EFFECTS = "import_effects"
+_VALUES = "import_values"
 _OWN = "import_own"
 _STAGING = f"""
 CREATE TABLE {_STAGE}.rows (
@@ -165,30 +167,45 @@ _BATCH = "import_batch"
 _BATCH_ROWS = f"CREATE TABLE rows ({_ROW}, hashed)"
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """For work that makes tens of thousands of small tuples and lists, none in a cycle,
+    all freed by its end: the cyclic collector would walk them again and again for
+    nothing (8% of the instructions of reading a batch)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _read_batch(
     batch: Batch, layout: CsvLayout | None, region: str | None, latest: str, hashing: bool
 ) -> _Read:
     """Pool task: read and validate one batch; with ``hashing``, also choose each value
     it adds to be hashed (the registry held no point when the import began, so none can
     be reused). A withdrawal needs no point: only identifiers being added are hashed."""
-    records = list(batch_records(batch, layout))
-    staged, errors = check_rows(records, region, latest)
-    removes = any(r[6] == "remove" for r in staged)
-    adds = _first_adds(staged, removes)
-    hashed, keys = [None] * len(staged), b""
-    if hashing:
-        for place, i in enumerate(adds.values()):
-            hashed[i] = place
-        keys, adds = _key_file_records(adds), {}
-    db = sqlite3.connect(":memory:")
-    try:
-        db.execute(_BATCH_ROWS)
-        db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       [(*r, h) for r, h in zip(staged, hashed)])
-        db.commit()
-        image = db.serialize()
-    finally:
-        db.close()
+    with _collector_paused():
+        records = list(batch_records(batch, layout))
+        staged, errors = check_rows(records, region, latest)
+        removes = any(r[6] == "remove" for r in staged)
+        adds = _first_adds(staged, removes)
+        hashed, keys = [None] * len(staged), b""
+        if hashing:
+            for place, i in enumerate(adds.values()):
+                hashed[i] = place
+            keys, adds = _key_file_records(adds), {}
+        db = sqlite3.connect(":memory:")
+        try:
+            db.execute(_BATCH_ROWS)
+            db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*r, h) for r, h in zip(staged, hashed)])
+            db.commit()
+            image = db.serialize()
+        finally:
+            db.close()
     return _Read(len(records), errors, len(staged), image, removes, adds, keys)
 
 
@@ -345,8 +362,13 @@ def import_file(
             if on_apply is not None:
                 on_apply(report.imported_rows)
             _prepare(conn, report, removals)
-            _apply(conn, Source("import", source, digested.sha.digest()), report, removals,
-                   hashing, directory)
+            with _attached(conn, _VALUES, directory):
+                counts = _Beside(conn, directory, _VALUES, _value_counts, registry=False)
+                try:
+                    _apply(conn, Source("import", source, digested.sha.digest()), report,
+                           removals, hashing, counts, directory)
+                finally:
+                    counts.stop()
         finally:
             hashing.stop()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -370,9 +392,9 @@ def _attach(conn: sqlite3.Connection, name: str, directory: str) -> None:
     try:
         conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
         conn.execute(f"PRAGMA {name}.synchronous = OFF")
-        # The consent effects are written and read in key order, which SQLite's default
-        # cache serves; the others are looked up and sorted.
-        if name != _EFFECTS:
+        # The consent effects and the value counts are written and read in key order,
+        # which SQLite's default cache serves; the others are looked up and sorted.
+        if name not in (_EFFECTS, _VALUES):
             conn.execute(f"PRAGMA {name}.cache_size = -{APPLY_CACHE_KIB}")
     except BaseException:
         conn.execute(f"DETACH DATABASE {name}")
@@ -479,7 +501,7 @@ def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Itera
 
 def _apply(
     conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool,
-    hashing: _Hashing, directory: str,
+    hashing: _Hashing, counts: _Beside, directory: str,
 ) -> None:
     """The final transaction, with the settings it runs under."""
     settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
@@ -501,9 +523,9 @@ def _apply(
         with (_attached(conn, _OWN, directory), _attached(conn, _EFFECTS, directory),
               recording(conn, source, immediate=False) as source_id,
               _triggers_dropped(conn, _SET_BASED)):
-            effects = _ConsentEffects(conn, directory)
+            effects = _Beside(conn, directory, _EFFECTS, _consent_effects, registry=True)
             try:
-                _write(conn, source_id, report, removals, hashing, effects)
+                _write(conn, source_id, report, removals, hashing, effects, counts)
             finally:
                 effects.stop()
         report.apply_seconds = time.perf_counter() - start
@@ -513,7 +535,7 @@ def _apply(
 
 
 def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, removals: bool,
-           hashing: _Hashing, effects: _ConsentEffects) -> None:
+           hashing: _Hashing, effects: _Beside, counts: _Beside) -> None:
     (base,) = conn.execute(
         "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
         "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
@@ -527,62 +549,70 @@ def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, remov
     effects.result()
     _add_users(conn)
     report.new_consent_events = _record_consent(conn, source_id)
-    _add_points(conn, base, hashing)  # last: the pool hashes meanwhile
-    report.new_identifiers = conn.execute(
-        "SELECT COUNT(*) FROM identifiers WHERE id > ?", (base,)
-    ).fetchone()[0]
+    report.new_identifiers = _add_points(conn, base, hashing, counts)  # last: the pool hashes meanwhile
     report.consent_changes = conn.execute(
         "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
     ).fetchone()[0]
 
 
-class _ConsentEffects:
-    """The file's consent events and what they do to each user (``_new_events``,
-    ``_user_events``), computed on a second connection in a thread while the final
-    transaction writes identifiers and purposes, on a core the transaction leaves idle.
+class _Beside:
+    """Work of the final transaction done on a second connection, in a thread, on a core
+    the transaction leaves idle. It reads the staged file and writes its tables to a
+    scratch database of its own, which the importing connection attached before the
+    transaction and reads only once the thread has committed (``result``).
 
-    Both depend only on the file and on the registry as the transaction found it. The
-    thread reads the registry from a snapshot taken once the transaction holds the
-    write lock (so no other writer can have committed since), in which the
-    transaction's own writes are not seen: exactly that state. Its tables go to a
-    scratch database the importing connection attached before the transaction and reads
-    only once the thread has committed."""
+    ``_consent_effects``: the file's consent events and what they do to each user
+    (``_new_events``, ``_user_events``), which depend on the file and on the registry as
+    the transaction found it. The thread reads the registry from a snapshot taken once
+    the transaction holds the write lock (so no other writer can have committed since),
+    in which the transaction's own writes are not seen: exactly that state.
 
-    def __init__(self, conn: sqlite3.Connection, directory: str) -> None:
-        """Inside the transaction, once it holds the write lock."""
+    ``_value_counts``: the values the file adds, counted, from the file alone; started
+    before the transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, directory: str, scratch: str,
+                 work: Callable[[sqlite3.Connection], int | None], *, registry: bool) -> None:
+        """With ``registry``: inside the transaction, once it holds the write lock."""
         self._error: BaseException | None = None
+        self._value: int | None = None
         # (``store.connect`` opens registries from files only.)
-        registry = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
+        database = (
+            f"{Path(next(f for _, n, f in conn.execute('PRAGMA database_list') if n == 'main')).as_uri()}"
+            "?mode=ro" if registry else ":memory:"
+        )
         reader = self._reader = sqlite3.connect(
-            f"{Path(registry).as_uri()}?mode=ro", uri=True, isolation_level=None,
-            timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+            database, uri=registry, isolation_level=None, timeout=BUSY_TIMEOUT_S,
+            check_same_thread=False,
         )
         try:
+            # Also what its sorts may hold in memory.
             reader.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
             stage = Path(directory, f"{_STAGE}.db").as_uri()
             reader.execute(f"ATTACH DATABASE ? AS {_STAGE}", (f"{stage}?mode=ro",))
-            _attach(reader, _EFFECTS, directory)  # detached by closing
+            _attach(reader, scratch, directory)  # detached by closing
             reader.execute("BEGIN")
-            reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
+            if registry:
+                reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
         except BaseException:
             reader.close()
             raise
 
         def run() -> None:
             try:
-                _consent_tables(reader)
+                self._value = work(reader)
                 reader.execute("COMMIT")
             except BaseException as exc:  # raised in the transaction, by ``result``
                 self._error = exc
 
-        self._thread = threading.Thread(target=run, name="import-consent-effects", daemon=True)
+        self._thread = threading.Thread(target=run, name=f"{scratch.replace('_', '-')}", daemon=True)
         self._thread.start()
 
-    def result(self) -> None:
-        """Wait for the tables (the thread's failure is raised here)."""
+    def result(self) -> int | None:
+        """Wait for the tables (the thread's failure is raised here); what ``work`` returned."""
         self._thread.join()
         if self._error is not None:
             raise self._error
+        return self._value
 
     def stop(self) -> None:
         """No statement of the thread runs past this (a failed transaction interrupts it)."""
@@ -592,7 +622,7 @@ class _ConsentEffects:
         self._reader.close()
 
 
-def _consent_tables(conn: sqlite3.Connection) -> None:
+def _consent_effects(conn: sqlite3.Connection) -> None:
     _new_events(conn)
     _user_events(conn)
 
@@ -673,26 +703,45 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool) -> Non
     )
 
 
-def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
+def _value_counts(conn: sqlite3.Connection) -> int:
+    """Each value the file's rows add, with how many rows add it and the place it was
+    chosen to be hashed at, if any; returns the number of rows adding."""
+    conn.execute(
+        f"CREATE TABLE {_VALUES}.new_values AS "
+        "SELECT id_type, value_hash, MAX(hashed) AS hashed, COUNT(*) AS holders "
+        f"FROM {_STAGE}.rows WHERE action = 'add' GROUP BY id_type, value_hash"
+    )
+    return conn.execute(f"SELECT COALESCE(SUM(holders), 0) FROM {_VALUES}.new_values").fetchone()[0]
+
+
+def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, counts: _Beside) -> int:
     """The holders each value gained (the identifiers just numbered by their first row),
     and the points of those the registry has none for. (Withdrawals may have removed
-    some points since the file was read.)"""
-    conn.execute(
-        f"CREATE TABLE {_OWN}.new_values AS "
-        "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
-        f"FROM {_STAGE}.rows AS s "
-        "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid) "
-        "GROUP BY s.id_type, s.value_hash",
-        (base,),
-    )
+    some points since the file was read.) Returns how many identifiers were numbered."""
+    (numbered,) = conn.execute("SELECT COUNT(*) FROM identifiers WHERE id > ?", (base,)).fetchone()
+    # Most files number an identifier with each row adding (all of them new): then each
+    # value's rows are its new holders, and the counts made beside the transaction stand.
+    # Otherwise only the rows that numbered an identifier count.
+    if counts.result() == numbered:
+        values = f"{_VALUES}.new_values"
+    else:
+        values = f"{_OWN}.new_values"
+        conn.execute(
+            f"CREATE TABLE {values} AS "
+            "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
+            f"FROM {_STAGE}.rows AS s "
+            "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid) "
+            "GROUP BY s.id_type, s.value_hash",
+            (base,),
+        )
     (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
     if stored:
         conn.execute(
-            f"UPDATE points SET holders = points.holders + n.holders FROM {_OWN}.new_values AS n "
+            f"UPDATE points SET holders = points.holders + n.holders FROM {values} AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
     new = (
-        f"FROM {_OWN}.new_values AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
+        f"FROM {values} AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
         "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
     )
     conn.execute(
@@ -710,6 +759,7 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing) -> None:
         "INSERT INTO points (id_type, value_hash, point, holders) VALUES (?, ?, ?, ?)",
         [(t, h, p.tobytes(), n) for (t, h, n), p in zip(lost, points)],
     )
+    return numbered
 
 
 def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
