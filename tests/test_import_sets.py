@@ -5,8 +5,9 @@ of random histories (imports with withdrawals, commands, erasures) both registri
 the same rows.
 
 Ids assigned within one transaction may be in another order where nothing reads the
-order: consent events and consent changes of different users, purpose changes of
-different identifiers, the change log's entries of one transaction (read as a set)."""
+order: consent changes of different users, purpose changes of different identifiers,
+the change log's entries of one transaction (read as a set). Consent events have no
+order but their key's."""
 
 import hashlib
 import io
@@ -109,7 +110,8 @@ def contents(conn, log_from: int) -> dict:
         "points": sorted(conn.execute("SELECT * FROM points")),
         "purposes": sorted(conn.execute("SELECT * FROM identifier_purposes")),
         "history": sorted((i, anonymous(u), t) for i, u, t in conn.execute("SELECT * FROM identifier_history")),
-        "events": in_order(conn, "SELECT user_id, state, effective_at, source_id FROM consent_events ORDER BY id"),
+        "events": in_order(conn, "SELECT user_id, state, effective_at, source_id FROM consent_events "
+                                 "ORDER BY source_id, user_id, effective_at, state"),
         "consent": in_order(conn, "SELECT user_id, state, source_id FROM consent_changes ORDER BY id"),
         "purpose changes": in_order(conn, "SELECT identifier_id || purpose, held, source_id FROM purpose_changes "
                                           "ORDER BY id"),
@@ -139,8 +141,11 @@ def apply_both(sets, triggers, index: int, op: tuple) -> None:
     log_from = sets.execute("SELECT COALESCE(MAX(seq), 0) FROM identifier_changes").fetchone()[0]
     if op[0] == "import":
         data = csv_of(op[1])
-        imports.import_file(sets, io.BytesIO(data), "csv", f"op{index}", workers=1)
+        report = imports.import_file(sets, io.BytesIO(data), "csv", f"op{index}", workers=1)
         reference_import(triggers, data, f"op{index}")
+        assert report.consent_changes == triggers.execute(
+            "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE source_id = "
+            "(SELECT MAX(id) FROM change_sources)").fetchone()[0]
     else:
         if op[0] == "cli" and op[3] is None:  # "now" would differ between the two
             op = (*op[:3], 59)

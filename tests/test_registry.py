@@ -414,6 +414,12 @@ def test_a_version_3_registry_upgrades_replaying_consent_under_the_new_rule(tmp_
 
 HISTORY_TABLES = ("users", "identifier_purposes", "identifier_history", "consent_events", "consent_changes",
                   "purpose_changes", "identifier_changes", "change_sources")
+# Version 6 keys consent events by their columns, without a row number.
+COLUMNS = {"consent_events": "user_id, scope, state, effective_at, source_id"}
+
+
+def history_rows(conn) -> dict:
+    return {t: sorted(conn.execute(f"SELECT {COLUMNS.get(t, '*')} FROM {t}")) for t in HISTORY_TABLES}
 
 
 def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_path):
@@ -449,7 +455,7 @@ def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_pat
         conn.execute("UPDATE writing_source SET source_id = NULL")
         conn.execute("INSERT INTO change_sources (id, kind, name, applied_at, committed_at) "
                      "VALUES (2, 'import', 'fix.csv', ?, ?)", (at, at))
-    kept = {t: sorted(conn.execute(f"SELECT * FROM {t}")) for t in HISTORY_TABLES}
+    kept = history_rows(conn)
     identifiers_before = sorted(conn.execute("SELECT id, user_id, id_type, value_hash FROM identifiers"))
     matchable_before = {p for (p,) in conn.execute(
         "SELECT i.point FROM matchable AS m JOIN identifiers AS i ON i.id = m.identifier_id")}
@@ -458,7 +464,7 @@ def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_pat
     conn = store.connect(path)  # upgrades
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     assert store.integrity_ok(conn)
-    assert {t: sorted(conn.execute(f"SELECT * FROM {t}")) for t in HISTORY_TABLES} == kept
+    assert history_rows(conn) == kept
     assert sorted(conn.execute("SELECT * FROM identifiers")) == identifiers_before
     assert sorted(conn.execute("SELECT value_hash, point, holders FROM points")) == sorted(
         [(values[0], points[0].tobytes(), 2)] + [(values[i], points[i].tobytes(), 1) for i in (1, 2, 4, 5)])
@@ -470,6 +476,46 @@ def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_pat
     assert conn.execute("SELECT holders FROM points WHERE value_hash = ?", (values[0],)).fetchone() == (1,)
     changes.erase_users(conn, ["u1"])
     assert conn.execute("SELECT COUNT(*) FROM points WHERE value_hash IN (?, ?, ?)", values[:3]).fetchone() == (0,)
+    assert store.integrity_ok(conn)
+    conn.close()
+
+
+def test_a_version_5_registry_upgrades_keeping_every_consent_event_under_its_key(tmp_path):
+    """Version 6 keys consent events by user, state, date and source. Every event and
+    every other history row stays; after the upgrade an import still finds the events it
+    repeats, the precedence rule still applies, an erasure still replaces the user in
+    them, and nothing else may change them."""
+    path = tmp_path / "v5.db"
+    conn = at_version(path, 5)
+    import_rows(conn, [(f"u{i}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z") for i in range(4)])
+    changes.record_consent(conn, ["u1", "u2"], "revoked", "2026-02-01T00:00:00Z")
+    import_rows(conn, [("u2", "email", email(2), "account", "granted", "2026-03-01T00:00:00Z")])
+    changes.erase_users(conn, ["u3"])
+    kept = history_rows(conn)
+    assert len(kept["consent_events"]) == 7
+    users = sorted(conn.execute("SELECT * FROM users"))
+    conn.close()
+
+    conn = store.connect(path)  # upgrades
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert store.integrity_ok(conn)
+    assert history_rows(conn) == kept
+    assert sorted(conn.execute("SELECT * FROM users")) == users
+    assert "id" not in [c[1] for c in conn.execute("PRAGMA table_info(consent_events)")]
+    # a repeated event is found and not recorded again; a revocation still wins
+    again = import_rows(conn, [("u1", "email", email(1), "account", "revoked", "2026-02-01T00:00:00Z")])
+    assert (again.new_consent_events, again.consent_changes) == (0, 0)
+    assert changes.record_consent(conn, ["u0"], "revoked").changed == 1
+    assert changes.record_consent(conn, ["u1"], "granted", "2026-01-15T00:00:00Z").kept == 1
+    assert table(str(path)) == points_of("email", [value_hash(2)])
+    changes.erase_users(conn, ["u0"])
+    assert conn.execute("SELECT COUNT(*) FROM consent_events WHERE user_id = 'u0'").fetchone() == (0,)
+    # u3's grant, u0's grant and revocation
+    assert conn.execute("SELECT COUNT(*) FROM consent_events WHERE user_id LIKE 'erased:%'").fetchone() == (3,)
+    with pytest.raises(Exception, match="append-only"):
+        conn.execute("UPDATE consent_events SET effective_at = '2027-01-01T00:00:00.000000Z'")
+    with pytest.raises(Exception, match="append-only"):
+        conn.execute("DELETE FROM consent_events WHERE user_id = 'u1'")
     assert store.integrity_ok(conn)
     conn.close()
 

@@ -540,7 +540,6 @@ def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, remov
         "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
         "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
     ).fetchone()
-    (changes,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
     # No statement before ``effects.result`` reads or writes users or consent events.
     _add_identifiers(conn, base, removals)
     _add_purposes(conn, source_id)
@@ -548,11 +547,8 @@ def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, remov
         _withdraw(conn, report)
     effects.result()
     _add_users(conn)
-    report.new_consent_events = _record_consent(conn, source_id)
+    report.new_consent_events, report.consent_changes = _record_consent(conn, source_id)
     report.new_identifiers = _add_points(conn, base, hashing, counts)  # last: the pool hashes meanwhile
-    report.consent_changes = conn.execute(
-        "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (changes,)
-    ).fetchone()[0]
 
 
 class _Beside:
@@ -792,10 +788,10 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     )
 
 
-def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
+def _record_consent(conn: sqlite3.Connection, source_id: int) -> tuple[int, int]:
     """Record the file's new consent events, apply the ones that take effect to users
     the registry held before, and note every change of state. Returns how many events
-    were recorded."""
+    were recorded, and how many users' state changed."""
     conn.execute(
         "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
         f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_EFFECTS}.new_events",
@@ -803,12 +799,13 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
     )
     # A change wherever the state differs from the one before: for a user with one
     # event taking effect (most), the registry's; for the others, the previous event's.
-    conn.execute(
+    changed = conn.execute(
         "INSERT INTO consent_changes (user_id, state, source_id) "
         f"SELECT user_id, state, ? FROM {_EFFECTS}.user_events "
         "WHERE taking = 1 AND (before IS NULL OR before <> state)",
         (source_id,),
-    )
+    ).rowcount
+    (after,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM consent_changes").fetchone()
     conn.execute(
         "INSERT INTO consent_changes (user_id, state, source_id) "
         "SELECT user_id, state, ? FROM ("
@@ -819,6 +816,9 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
         "WHERE prior IS NULL OR prior <> state",
         (source_id,),
     )
+    (several,) = conn.execute(
+        "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (after,)
+    ).fetchone()
     conn.execute(
         "UPDATE users SET ads_matching = a.state, "
         "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
@@ -828,7 +828,8 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> int:
         "INSERT INTO identifier_changes (identifier_id) "
         f"SELECT i.id FROM {_EFFECTS}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
     )
-    return conn.execute(f"SELECT COUNT(*) FROM {_EFFECTS}.new_events").fetchone()[0]
+    (events,) = conn.execute(f"SELECT COUNT(*) FROM {_EFFECTS}.new_events").fetchone()
+    return events, changed + several
 
 
 def _net_purposes(conn: sqlite3.Connection) -> None:
