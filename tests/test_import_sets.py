@@ -6,8 +6,9 @@ the same rows.
 
 Ids assigned within one transaction may be in another order where nothing reads the
 order: consent changes of different users, purpose changes of different identifiers,
-the change log's entries of one transaction (read as a set). Consent events have no
-order but their key's."""
+the change log's entries of one transaction. The change log is read as a set: the
+triggers log some identifiers twice in a transaction, the import once. Consent events
+have no order but their key's."""
 
 import hashlib
 import io
@@ -115,8 +116,8 @@ def contents(conn, log_from: int) -> dict:
         "consent": in_order(conn, "SELECT user_id, state, source_id FROM consent_changes ORDER BY id"),
         "purpose changes": in_order(conn, "SELECT identifier_id || purpose, held, source_id FROM purpose_changes "
                                           "ORDER BY id"),
-        "log": Counter(i for (i,) in conn.execute("SELECT identifier_id FROM identifier_changes WHERE seq > ?",
-                                                  (log_from,))),
+        "log": {i for (i,) in conn.execute("SELECT identifier_id FROM identifier_changes WHERE seq > ?",
+                                           (log_from,))},
         "log position": conn.execute("SELECT MAX(seq) FROM identifier_changes").fetchone(),
         "sources": conn.execute("SELECT id, kind, name, digest FROM change_sources ORDER BY id").fetchall(),
         "schema": sorted(conn.execute("SELECT type, name, sql FROM sqlite_schema")),
@@ -138,7 +139,8 @@ def csv_of(import_rows) -> bytes:
 
 
 def apply_both(sets, triggers, index: int, op: tuple) -> None:
-    log_from = sets.execute("SELECT COALESCE(MAX(seq), 0) FROM identifier_changes").fetchone()[0]
+    log_from = [c.execute("SELECT COALESCE(MAX(seq), 0) FROM identifier_changes").fetchone()[0]
+                for c in (sets, triggers)]
     if op[0] == "import":
         data = csv_of(op[1])
         report = imports.import_file(sets, io.BytesIO(data), "csv", f"op{index}", workers=1)
@@ -151,7 +153,9 @@ def apply_both(sets, triggers, index: int, op: tuple) -> None:
             op = (*op[:3], 59)
         model.run(sets, index, op)
         model.run(triggers, index, op)
-    assert contents(sets, log_from) == contents(triggers, log_from)
+    written, expected = contents(sets, log_from[0]), contents(triggers, log_from[1])
+    del written["log position"], expected["log position"]  # (the triggers log some entries twice)
+    assert written == expected
     # the import writes without checking foreign keys: its rows must satisfy them
     assert sets.execute("PRAGMA foreign_key_check").fetchall() == []
 

@@ -824,9 +824,12 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> tuple[int, int]
         "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
         f"FROM {_EFFECTS}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
     )
+    # Every identifier of a user new to the registry is new, with a purpose added by this
+    # file, so its change is logged already (``_add_purposes``): the log is read as a set.
     conn.execute(
         "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_EFFECTS}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id"
+        f"SELECT i.id FROM {_EFFECTS}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id "
+        "WHERE e.known"
     )
     (events,) = conn.execute(f"SELECT COUNT(*) FROM {_EFFECTS}.new_events").fetchone()
     return events, changed + several
