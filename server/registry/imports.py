@@ -545,10 +545,11 @@ def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, remov
     _add_purposes(conn, source_id)
     if removals:
         _withdraw(conn, report)
-    effects.result()
+    known = effects.result()
     _add_users(conn)
-    report.new_consent_events, report.consent_changes = _record_consent(conn, source_id)
-    report.new_identifiers = _add_points(conn, base, hashing, counts)  # last: the pool hashes meanwhile
+    report.new_consent_events, report.consent_changes = _record_consent(conn, source_id, known)
+    # Last: the pool hashes meanwhile.
+    report.new_identifiers = _add_points(conn, base, hashing, counts)
 
 
 class _Beside:
@@ -571,11 +572,10 @@ class _Beside:
         """With ``registry``: inside the transaction, once it holds the write lock."""
         self._error: BaseException | None = None
         self._value: int | None = None
-        # (``store.connect`` opens registries from files only.)
-        database = (
-            f"{Path(next(f for _, n, f in conn.execute('PRAGMA database_list') if n == 'main')).as_uri()}"
-            "?mode=ro" if registry else ":memory:"
-        )
+        database = ":memory:"
+        if registry:  # (``store.connect`` opens registries from files only)
+            path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
+            database = f"{Path(path).as_uri()}?mode=ro"
         reader = self._reader = sqlite3.connect(
             database, uri=registry, isolation_level=None, timeout=BUSY_TIMEOUT_S,
             check_same_thread=False,
@@ -588,7 +588,8 @@ class _Beside:
             _attach(reader, scratch, directory)  # detached by closing
             reader.execute("BEGIN")
             if registry:
-                reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
+                # The snapshot is taken here.
+                reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()
         except BaseException:
             reader.close()
             raise
@@ -600,7 +601,7 @@ class _Beside:
             except BaseException as exc:  # raised in the transaction, by ``result``
                 self._error = exc
 
-        self._thread = threading.Thread(target=run, name=f"{scratch.replace('_', '-')}", daemon=True)
+        self._thread = threading.Thread(target=run, name=scratch.replace("_", "-"), daemon=True)
         self._thread.start()
 
     def result(self) -> int | None:
@@ -618,9 +619,12 @@ class _Beside:
         self._reader.close()
 
 
-def _consent_effects(conn: sqlite3.Connection) -> None:
+def _consent_effects(conn: sqlite3.Connection) -> int:
+    """Returns whether an event is for a user the registry held (none, on a first load)."""
     _new_events(conn)
     _user_events(conn)
+    query = f"SELECT EXISTS (SELECT 1 FROM {_EFFECTS}.new_events WHERE known)"
+    return conn.execute(query).fetchone()[0]
 
 
 def _new_events(conn: sqlite3.Connection) -> None:
@@ -788,10 +792,10 @@ def _add_purposes(conn: sqlite3.Connection, source_id: int) -> None:
     )
 
 
-def _record_consent(conn: sqlite3.Connection, source_id: int) -> tuple[int, int]:
+def _record_consent(conn: sqlite3.Connection, source_id: int, known: bool) -> tuple[int, int]:
     """Record the file's new consent events, apply the ones that take effect to users
-    the registry held before, and note every change of state. Returns how many events
-    were recorded, and how many users' state changed."""
+    the registry held before (if ``known``, there are some), and note every change of
+    state. Returns how many events were recorded, and how many users' state changed."""
     conn.execute(
         "INSERT INTO consent_events (user_id, scope, state, effective_at, source_id) "
         f"SELECT user_id, 'ads_matching', state, effective_at, ? FROM {_EFFECTS}.new_events",
@@ -811,26 +815,30 @@ def _record_consent(conn: sqlite3.Connection, source_id: int) -> tuple[int, int]
         "SELECT user_id, state, ? FROM ("
         " SELECT e.user_id, e.state, LAG(e.state, 1, e.before) OVER ("
         "  PARTITION BY e.user_id ORDER BY e.effective_at, e.state) AS prior"
-        f" FROM {_EFFECTS}.new_events AS e JOIN {_EFFECTS}.user_events AS u ON u.user_id = e.user_id"
-        " WHERE e.applies AND u.taking > 1) "
+        # (The few users with several events first: each event is then looked up by user.)
+        f" FROM {_EFFECTS}.user_events AS u CROSS JOIN {_EFFECTS}.new_events AS e"
+        " ON e.user_id = u.user_id"
+        " WHERE u.taking > 1 AND e.applies) "
         "WHERE prior IS NULL OR prior <> state",
         (source_id,),
     )
     (several,) = conn.execute(
         "SELECT COUNT(DISTINCT user_id) FROM consent_changes WHERE id > ?", (after,)
     ).fetchone()
-    conn.execute(
-        "UPDATE users SET ads_matching = a.state, "
-        "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
-        f"FROM {_EFFECTS}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
-    )
-    # Every identifier of a user new to the registry is new, with a purpose added by this
-    # file, so its change is logged already (``_add_purposes``): the log is read as a set.
-    conn.execute(
-        "INSERT INTO identifier_changes (identifier_id) "
-        f"SELECT i.id FROM {_EFFECTS}.new_events AS e JOIN identifiers AS i ON i.user_id = e.user_id "
-        "WHERE e.known"
-    )
+    if known:
+        conn.execute(
+            "UPDATE users SET ads_matching = a.state, "
+            "consent_effective_at = MAX(COALESCE(users.consent_effective_at, ''), a.effective_at) "
+            f"FROM {_EFFECTS}.user_events AS a WHERE a.known AND users.user_id = a.user_id"
+        )
+        # Every identifier of a user new to the registry is new, with a purpose added by
+        # this file, so its change is logged already (``_add_purposes``): the log is read
+        # as a set.
+        conn.execute(
+            "INSERT INTO identifier_changes (identifier_id) "
+            f"SELECT i.id FROM {_EFFECTS}.new_events AS e "
+            "JOIN identifiers AS i ON i.user_id = e.user_id WHERE e.known"
+        )
     (events,) = conn.execute(f"SELECT COUNT(*) FROM {_EFFECTS}.new_events").fetchone()
     return events, changed + several
 
