@@ -300,6 +300,40 @@ def test_a_pool_hashes_the_new_values_of_several_batches_while_the_transaction_r
     conn.close()
 
 
+class _Recording(InlineExecutor):
+    def __init__(self, workers: int, events: list) -> None:
+        self.workers, self.events = workers, events
+
+    def submit(self, fn, /, *args):
+        if fn is imports._hash_slice:
+            self.events.append("hash")
+        return super().submit(fn, *args)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hashing_takes_a_core_only_once_the_work_beside_or_the_transaction_leaves_it(
+        tmp_path, monkeypatch, workers):
+    """On two cores the transaction takes one and its work beside the other: hashing
+    begins when that work ends, or when the transaction waits for the points; on one
+    core, only then. The import is the same."""
+    events: list[str] = []
+    counts, points = imports._value_counts, imports._Hashing.points
+    monkeypatch.setattr(imports, "_value_counts", lambda conn: (counts(conn), events.append("counted"))[0])
+    monkeypatch.setattr(imports._Hashing, "points", lambda self: (events.append("waiting"), points(self))[1])
+    sets, triggers = registries(tmp_path)
+    data = csv_of([model.Row(u, u, "account", "granted", 1, "add", False) for u in range(3 * imports.BATCH)])
+    report = imports.import_file(sets, io.BytesIO(data), "csv", "first", executor=_Recording(workers, events))
+    assert report.points_hashed == 3 * imports.BATCH and events.count("hash") == 3
+    first = events.index("hash")
+    assert ("counted" in events[:first] or "waiting" in events[:first]) if workers == 2 else "waiting" in events[:first]
+    reference_import(triggers, data, "first")
+    written, expected = contents(sets, 0), contents(triggers, 0)
+    del written["log position"], expected["log position"]
+    assert written == expected
+    sets.close()
+    triggers.close()
+
+
 class _HashingFails(InlineExecutor):
     """Runs every task but the hashing, which fails as a full disk would."""
 

@@ -247,8 +247,10 @@ class _Hashing:
 
     Staging writes each such value (once per batch) to a key file; the pool hashes them
     while this process runs the final transaction, which waits for the points only at
-    its end. Reading the file keeps every core busy, but the transaction's SQLite work
-    takes one: the others would sit idle for as long. One core is left to SQLite.
+    its end. Reading the file keeps every core busy; then the transaction takes one core
+    and its work beside (``_Beside``) another, and hashing the rest, each core as it is
+    freed (``grant``): on two cores, a hashing task running beside both would take a
+    third of each, and the transaction would wait for what is beside it.
 
     A value is chosen when its batch is read: one stored by another writer before the
     transaction is then hashed twice, and one removed since is hashed in the
@@ -262,6 +264,8 @@ class _Hashing:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._stopping = False
+        self._lanes = 0  # how many tasks may run at once
+        self._changed = threading.Condition()
 
     def add(self, keys: bytes) -> int:
         """Append a batch's values to hash; returns the place of its first."""
@@ -271,22 +275,27 @@ class _Hashing:
         return first
 
     def start(self, pool: Executor) -> None:
+        """Hash on every core but the transaction's and the one beside it, to begin with."""
         self._keys.close()
         with open(Path(self.directory) / "points", "wb") as f:
             f.truncate(self.count * 32)
         tasks = [(self.directory, first, min(BATCH, self.count - first))
                  for first in range(0, self.count, BATCH)]
-        lanes = max(1, pool.workers - 1)
+        self._lanes = pool.workers - 2
 
         def run() -> None:
             running: deque = deque()
             try:
                 for task in tasks:
+                    while len(running) >= self._lanes and not self._stopping:
+                        if running:
+                            running.popleft().result()
+                        else:
+                            with self._changed:
+                                self._changed.wait_for(lambda: self._lanes > 0 or self._stopping)
                     if self._stopping:
                         break
                     running.append(pool.submit(_hash_slice, *task))
-                    if len(running) >= lanes:
-                        running.popleft().result()
                 while running:
                     running.popleft().result()
             except BaseException as exc:  # raised in the transaction, by ``points``
@@ -301,9 +310,16 @@ class _Hashing:
         self._thread = threading.Thread(target=run, name="import-hashing", daemon=True)
         self._thread.start()
 
+    def grant(self) -> None:
+        """A core is free for hashing from now on."""
+        with self._changed:
+            self._lanes += 1
+            self._changed.notify_all()
+
     def points(self) -> bytes:
         """Every point, in the order of their places, once hashed (a task's failure is
-        raised here)."""
+        raised here). The transaction waits meanwhile: its core hashes too."""
+        self.grant()
         if self._thread is not None:
             self._thread.join()
         if self._error is not None:
@@ -313,7 +329,9 @@ class _Hashing:
     def stop(self) -> None:
         """No task runs past this (they write the directory)."""
         self._keys.close()
-        self._stopping = True
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         if self._thread is not None:
             self._thread.join()
 
@@ -362,13 +380,8 @@ def import_file(
             if on_apply is not None:
                 on_apply(report.imported_rows)
             _prepare(conn, report, removals)
-            with _attached(conn, _VALUES, directory):
-                counts = _Beside(conn, directory, _VALUES, _value_counts, registry=False)
-                try:
-                    _apply(conn, Source("import", source, digested.sha.digest()), report,
-                           removals, hashing, counts, directory)
-                finally:
-                    counts.stop()
+            _apply(conn, Source("import", source, digested.sha.digest()), report, removals,
+                   hashing, directory)
         finally:
             hashing.stop()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -501,7 +514,7 @@ def _triggers_dropped(conn: sqlite3.Connection, names: tuple[str, ...]) -> Itera
 
 def _apply(
     conn: sqlite3.Connection, source: Source, report: ImportReport, removals: bool,
-    hashing: _Hashing, counts: _Beside, directory: str,
+    hashing: _Hashing, directory: str,
 ) -> None:
     """The final transaction, with the settings it runs under."""
     settings = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
@@ -521,13 +534,15 @@ def _apply(
         # the consent effects are written to among them. The transaction's first
         # statement takes the registry's write lock (see ``recording``).
         with (_attached(conn, _OWN, directory), _attached(conn, _EFFECTS, directory),
+              _attached(conn, _VALUES, directory),
               recording(conn, source, immediate=False) as source_id,
               _triggers_dropped(conn, _SET_BASED)):
-            effects = _Beside(conn, directory, _EFFECTS, _consent_effects, registry=True)
+            steps = ((_EFFECTS, _consent_effects), (_VALUES, _value_counts))
+            beside = _Beside(conn, directory, steps, hashing.grant)
             try:
-                _write(conn, source_id, report, removals, hashing, effects, counts)
+                _write(conn, source_id, report, removals, hashing, beside)
             finally:
-                effects.stop()
+                beside.stop()
         report.apply_seconds = time.perf_counter() - start
     finally:
         for pragma, value in settings.items():
@@ -535,81 +550,95 @@ def _apply(
 
 
 def _write(conn: sqlite3.Connection, source_id: int, report: ImportReport, removals: bool,
-           hashing: _Hashing, effects: _Beside, counts: _Beside) -> None:
+           hashing: _Hashing, beside: _Beside) -> None:
     (base,) = conn.execute(
         "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM identifiers), "
         "(SELECT COALESCE(MAX(identifier_id), 0) FROM identifier_history))"
     ).fetchone()
-    # No statement before ``effects.result`` reads or writes users or consent events.
+    # No statement before the consent effects' result reads or writes users or consent
+    # events.
     _add_identifiers(conn, base, removals)
     _add_purposes(conn, source_id)
     if removals:
         _withdraw(conn, report)
-    known = effects.result()
+    known = beside.result(_EFFECTS)
     _add_users(conn)
     report.new_consent_events, report.consent_changes = _record_consent(conn, source_id, known)
     # Last: the pool hashes meanwhile.
-    report.new_identifiers = _add_points(conn, base, hashing, counts)
+    report.new_identifiers = _add_points(conn, base, hashing, beside)
 
 
 class _Beside:
     """Work of the final transaction done on a second connection, in a thread, on a core
-    the transaction leaves idle. It reads the staged file and writes its tables to a
-    scratch database of its own, which the importing connection attached before the
-    transaction and reads only once the thread has committed (``result``).
+    the transaction leaves idle, step by step. Each step writes its tables to a scratch
+    database of its own, which the importing connection attached before the transaction
+    and reads only once the step has committed (``result``): reading it, the transaction
+    holds that database's read lock until it commits.
 
-    ``_consent_effects``: the file's consent events and what they do to each user
-    (``_new_events``, ``_user_events``), which depend on the file and on the registry as
-    the transaction found it. The thread reads the registry from a snapshot taken once
-    the transaction holds the write lock (so no other writer can have committed since),
-    in which the transaction's own writes are not seen: exactly that state.
+    First the consent effects (``_consent_effects``): the file's consent events and what
+    they do to each user, which depend on the file and on the registry as the
+    transaction found it. The thread reads the registry from a snapshot taken once the
+    transaction holds the write lock (so no other writer can have committed since), in
+    which the transaction's own writes are not seen: exactly that state. Then the values
+    the file adds, counted (``_value_counts``), from the file alone, needed last."""
 
-    ``_value_counts``: the values the file adds, counted, from the file alone; started
-    before the transaction."""
-
-    def __init__(self, conn: sqlite3.Connection, directory: str, scratch: str,
-                 work: Callable[[sqlite3.Connection], int | None], *, registry: bool) -> None:
-        """With ``registry``: inside the transaction, once it holds the write lock."""
+    def __init__(self, conn: sqlite3.Connection, directory: str,
+                 steps: tuple[tuple[str, Callable[[sqlite3.Connection], int]], ...],
+                 done: Callable[[], None]) -> None:
+        """Inside the transaction, once it holds the write lock. ``steps``: each scratch
+        database with the work writing it; ``done`` is called once the last has ended."""
+        self._steps = steps
+        self._results: list[int] = []
         self._error: BaseException | None = None
-        self._value: int | None = None
-        database = ":memory:"
-        if registry:  # (``store.connect`` opens registries from files only)
-            path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
-            database = f"{Path(path).as_uri()}?mode=ro"
+        self._ended = threading.Condition()
+        # (``store.connect`` opens registries from files only.)
+        path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
         reader = self._reader = sqlite3.connect(
-            database, uri=registry, isolation_level=None, timeout=BUSY_TIMEOUT_S,
-            check_same_thread=False,
+            f"{Path(path).as_uri()}?mode=ro", uri=True, isolation_level=None,
+            timeout=BUSY_TIMEOUT_S, check_same_thread=False,
         )
         try:
             # Also what its sorts may hold in memory.
             reader.execute(f"PRAGMA main.cache_size = -{APPLY_CACHE_KIB}")
             stage = Path(directory, f"{_STAGE}.db").as_uri()
             reader.execute(f"ATTACH DATABASE ? AS {_STAGE}", (f"{stage}?mode=ro",))
-            _attach(reader, scratch, directory)  # detached by closing
+            for scratch, _ in steps:
+                _attach(reader, scratch, directory)  # detached by closing
             reader.execute("BEGIN")
-            if registry:
-                # The snapshot is taken here.
-                reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()
+            reader.execute("SELECT 1 FROM users LIMIT 1").fetchall()  # the snapshot is taken here
         except BaseException:
             reader.close()
             raise
 
         def run() -> None:
             try:
-                self._value = work(reader)
-                reader.execute("COMMIT")
+                for step, (_, work) in enumerate(steps):
+                    if step:
+                        reader.execute("BEGIN")
+                    value = work(reader)
+                    reader.execute("COMMIT")
+                    with self._ended:
+                        self._results.append(value)
+                        self._ended.notify_all()
             except BaseException as exc:  # raised in the transaction, by ``result``
-                self._error = exc
+                with self._ended:
+                    self._error = exc
+                    self._ended.notify_all()
+            finally:
+                done()
 
-        self._thread = threading.Thread(target=run, name=scratch.replace("_", "-"), daemon=True)
+        self._thread = threading.Thread(target=run, name="import-beside", daemon=True)
         self._thread.start()
 
-    def result(self) -> int | None:
-        """Wait for the tables (the thread's failure is raised here); what ``work`` returned."""
-        self._thread.join()
-        if self._error is not None:
+    def result(self, scratch: str) -> int:
+        """Wait for the step writing to ``scratch`` (a failure is raised here); what it
+        returned."""
+        step = [name for name, _ in self._steps].index(scratch)
+        with self._ended:
+            self._ended.wait_for(lambda: len(self._results) > step or self._error is not None)
+            if len(self._results) > step:
+                return self._results[step]
             raise self._error
-        return self._value
 
     def stop(self) -> None:
         """No statement of the thread runs past this (a failed transaction interrupts it)."""
@@ -714,7 +743,7 @@ def _value_counts(conn: sqlite3.Connection) -> int:
     return conn.execute(f"SELECT COALESCE(SUM(holders), 0) FROM {_VALUES}.new_values").fetchone()[0]
 
 
-def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, counts: _Beside) -> int:
+def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, beside: _Beside) -> int:
     """The holders each value gained (the identifiers just numbered by their first row),
     and the points of those the registry has none for. (Withdrawals may have removed
     some points since the file was read.) Returns how many identifiers were numbered."""
@@ -722,7 +751,7 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, counts: 
     # Most files number an identifier with each row adding (all of them new): then each
     # value's rows are its new holders, and the counts made beside the transaction stand.
     # Otherwise only the rows that numbered an identifier count.
-    if counts.result() == numbered:
+    if beside.result(_VALUES) == numbered:
         values = f"{_VALUES}.new_values"
     else:
         values = f"{_OWN}.new_values"
