@@ -6,7 +6,7 @@ failure (bad disk, killed process) leaves the registry exactly as it was. A valu
 registry already holds is not hashed again: its stored point serves the new identifier.
 The others are hashed by the pool while the final transaction runs (``_Hashing``), and
 what the file's consent events do to each user, and how many rows add each value, are
-worked out beside it, each on a connection of its own (``_Beside``).
+worked out beside it, on a second connection (``_Beside``).
 
 Within a file, each user's consent rows apply in date order (a revocation after a grant
 of the same time), and for each identifier and purpose the latest row decides whether
@@ -249,8 +249,8 @@ class _Hashing:
     while this process runs the final transaction, which waits for the points only at
     its end. Reading the file keeps every core busy; then the transaction takes one core
     and its work beside (``_Beside``) another, and hashing the rest, each core as it is
-    freed (``grant``): on two cores, a hashing task running beside both would take a
-    third of each, and the transaction would wait for what is beside it.
+    freed (``grant``): on two cores, hashing beside both would leave each of the three
+    two thirds of a core, the transaction's included.
 
     A value is chosen when its batch is read: one stored by another writer before the
     transaction is then hashed twice, and one removed since is hashed in the
