@@ -686,15 +686,17 @@ def _new_events(conn: sqlite3.Connection) -> None:
 
 def _user_events(conn: sqlite3.Connection) -> None:
     """Each user's events that take effect, summed up."""
-    # The last event that takes effect decides; the date kept is the latest seen. (Dates
-    # have a fixed width, so the text of date and state orders as the pair does.)
+    # The last event that takes effect decides (a revocation after a grant of the same
+    # date); the date kept is the latest seen. (Comparing dates, not building a text of
+    # date and state per event to compare: a third of the statement's time.)
     conn.execute(
         f"CREATE TABLE {_EFFECTS}.user_events (user_id PRIMARY KEY, taking, state, effective_at, "
         "known, before) WITHOUT ROWID"
     )
     conn.execute(
         f"INSERT INTO {_EFFECTS}.user_events SELECT user_id, COUNT(*), "
-        "substr(MAX(effective_at || state), length(MAX(effective_at)) + 1), MAX(effective_at), "
+        "CASE WHEN MAX(CASE WHEN state = 'revoked' THEN effective_at END) = MAX(effective_at) "
+        "THEN 'revoked' ELSE 'granted' END, MAX(effective_at), "
         f"known, before FROM {_EFFECTS}.new_events WHERE applies GROUP BY user_id"
     )
 
