@@ -422,6 +422,15 @@ def history_rows(conn) -> dict:
     return {t: sorted(conn.execute(f"SELECT {COLUMNS.get(t, '*')} FROM {t}")) for t in HISTORY_TABLES}
 
 
+def upgraded(path, kept: dict):
+    """The registry opened, so upgraded: at this program's schema, intact, its history kept."""
+    conn = store.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert store.integrity_ok(conn)
+    assert history_rows(conn) == kept
+    return conn
+
+
 def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_path):
     """Version 4 kept a point on every identifier row; version 5 keeps each value's point
     once, with the number of identifiers holding it. Every other row stays as it was, the
@@ -461,10 +470,7 @@ def test_a_version_4_registry_upgrades_keeping_each_point_once_per_value(tmp_pat
         "SELECT i.point FROM matchable AS m JOIN identifiers AS i ON i.id = m.identifier_id")}
     conn.close()
 
-    conn = store.connect(path)  # upgrades
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
-    assert store.integrity_ok(conn)
-    assert history_rows(conn) == kept
+    conn = upgraded(path, kept)
     assert sorted(conn.execute("SELECT * FROM identifiers")) == identifiers_before
     assert sorted(conn.execute("SELECT value_hash, point, holders FROM points")) == sorted(
         [(values[0], points[0].tobytes(), 2)] + [(values[i], points[i].tobytes(), 1) for i in (1, 2, 4, 5)])
@@ -496,10 +502,7 @@ def test_a_version_5_registry_upgrades_keeping_every_consent_event_under_its_key
     users = sorted(conn.execute("SELECT * FROM users"))
     conn.close()
 
-    conn = store.connect(path)  # upgrades
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
-    assert store.integrity_ok(conn)
-    assert history_rows(conn) == kept
+    conn = upgraded(path, kept)
     assert sorted(conn.execute("SELECT * FROM users")) == users
     assert "id" not in [c[1] for c in conn.execute("PRAGMA table_info(consent_events)")]
     # a repeated event is found and not recorded again; a revocation still wins
