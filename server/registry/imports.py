@@ -734,14 +734,20 @@ def _add_identifiers(conn: sqlite3.Connection, base: int, removals: bool) -> Non
     )
 
 
-def _value_counts(conn: sqlite3.Connection) -> int:
-    """Each value the file's rows add, with how many rows add it and the place it was
-    chosen to be hashed at, if any; returns the number of rows adding."""
-    conn.execute(
-        f"CREATE TABLE {_VALUES}.new_values AS "
-        "SELECT id_type, value_hash, MAX(hashed) AS hashed, COUNT(*) AS holders "
-        f"FROM {_STAGE}.rows WHERE action = 'add' GROUP BY id_type, value_hash"
+def _new_values(table: str, rows: str) -> str:
+    """A statement creating ``table``: each value of the staged rows that ``rows`` keeps,
+    with how many of them hold it and the place it was chosen to be hashed at, if any."""
+    return (
+        f"CREATE TABLE {table} AS "
+        "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
+        f"FROM {_STAGE}.rows AS s WHERE {rows} GROUP BY s.id_type, s.value_hash"
     )
+
+
+def _value_counts(conn: sqlite3.Connection) -> int:
+    """Each value the file's rows add, counted (``_new_values``); returns the number of
+    rows adding."""
+    conn.execute(_new_values(f"{_VALUES}.new_values", "s.action = 'add'"))
     return conn.execute(f"SELECT COALESCE(SUM(holders), 0) FROM {_VALUES}.new_values").fetchone()[0]
 
 
@@ -757,14 +763,8 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, beside: 
         values = f"{_VALUES}.new_values"
     else:
         values = f"{_OWN}.new_values"
-        conn.execute(
-            f"CREATE TABLE {values} AS "
-            "SELECT s.id_type, s.value_hash, MAX(s.hashed) AS hashed, COUNT(*) AS holders "
-            f"FROM {_STAGE}.rows AS s "
-            "WHERE EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid) "
-            "GROUP BY s.id_type, s.value_hash",
-            (base,),
-        )
+        numbering = "EXISTS (SELECT 1 FROM identifiers AS i WHERE i.id = ? + s.rowid)"
+        conn.execute(_new_values(values, numbering), (base,))
     (stored,) = conn.execute("SELECT EXISTS (SELECT 1 FROM points)").fetchone()
     if stored:
         conn.execute(
