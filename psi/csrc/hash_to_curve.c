@@ -5,10 +5,14 @@
  *
  * Only u-coordinates leave: the sum of the two mapped points is taken in fraction form
  * straight to a projective u, the cofactor 8 is cleared with three x-only doublings,
- * and one inversion per batch makes every u affine. Identifiers are the caller's own
- * data, so all of this runs without a branch or an index that depends on them.
+ * and one inversion per batch makes every u affine. With AVX2, four messages are
+ * expanded at a time, their SHA-512 compressions side by side in the vector lanes, and
+ * four maps share each exponentiation. Identifiers are the caller's own data, so all of
+ * this runs without a branch or an index that depends on them (their lengths, like any
+ * hash's, are public).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "native.h"
 
@@ -59,6 +63,102 @@ static void expand(const psi_sha512 *zpad, const uint8_t *msg, size_t msg_len,
     psi_wipe(b0, sizeof b0);
     psi_wipe(bi, sizeof bi);
 }
+
+#if PSI_X86_64
+/* The most blocks of a lane's input to one hash in expand4: any b_i (64 + 1 + a DST' of
+ * at most 256 bytes, padded) and b_0 for the messages of a few hundred bytes that
+ * identifiers are. A group with a longer message is expanded one message at a time. */
+#define LANE_BLOCKS 4
+
+/* Pads the len bytes at buf, the end of a message whose first `before` bytes are
+ * compressed already (FIPS 180-4 section 5.1.2); returns the blocks. */
+static size_t pad(uint8_t *buf, size_t len, uint64_t before)
+{
+    const size_t blocks = (len + 17 + 127) / 128;
+    const uint64_t total = before + len;
+    uint8_t *end = buf + 128 * blocks;
+    buf[len] = 0x80;
+    memset(buf + len + 1, 0, (size_t)(end - buf) - len - 1 - 16);
+    for (int i = 0; i < 8; i++) { /* the length in bits, 128-bit big-endian */
+        end[-16 + i] = (uint8_t)((total >> 61) >> (56 - 8 * i));
+        end[-8 + i] = (uint8_t)((total << 3) >> (56 - 8 * i));
+    }
+    return blocks;
+}
+
+/* Hashes of four inputs of `blocks[lane]` padded blocks at bufs[lane], from the
+ * chaining value h, into digest[lane]. */
+static void hash4(uint8_t digest[4][64], uint8_t bufs[4][LANE_BLOCKS * 128],
+                  const size_t blocks[4], const uint64_t h[8])
+{
+    uint64_t state[8][4];
+    size_t most = 0;
+    for (int w = 0; w < 8; w++)
+        for (int lane = 0; lane < 4; lane++)
+            state[w][lane] = h[w];
+    for (int lane = 0; lane < 4; lane++)
+        most = blocks[lane] > most ? blocks[lane] : most;
+    for (size_t j = 0; j < most; j++) {
+        const uint8_t *block[4];
+        unsigned active = 0;
+        for (int lane = 0; lane < 4; lane++) { /* lengths are public */
+            const int takes = j < blocks[lane];
+            active |= (unsigned)takes << lane;
+            block[lane] = bufs[lane] + (takes ? 128 * j : 0);
+        }
+        psi_avx2_sha512_compress4(state, block, active);
+    }
+    for (int lane = 0; lane < 4; lane++)
+        for (int w = 0; w < 8; w++)
+            for (int i = 0; i < 8; i++)
+                digest[lane][8 * w + i] = (uint8_t)(state[w][lane] >> (56 - 8 * i));
+    psi_wipe(state, sizeof state);
+}
+
+/* expand for four messages at once, their hashes in the AVX2 lanes; out receives len
+ * bytes per message. Returns -1, having done nothing, when a message is too long for
+ * the lanes' buffers. */
+static int expand4(const psi_sha512 *zpad, const uint8_t *const msg[4], const size_t msg_len[4],
+                   const uint8_t *dst_prime, size_t dst_prime_len, uint8_t *out, size_t len)
+{
+    for (int lane = 0; lane < 4; lane++)
+        if (msg_len[lane] + 3 + dst_prime_len + 17 > LANE_BLOCKS * 128)
+            return -1;
+    const size_t ell = (len + 63) / 64;
+    const uint8_t len_and_zero[3] = {(uint8_t)(len >> 8), (uint8_t)len, 0};
+    uint8_t bufs[4][LANE_BLOCKS * 128], b0[4][64], bi[4][64];
+    size_t blocks[4];
+    psi_sha512 iv;
+    psi_sha512_init(&iv);
+    for (int lane = 0; lane < 4; lane++) { /* b_0 = H(Z_pad || msg || l_i_b || 0 || DST') */
+        uint8_t *p = bufs[lane];
+        memcpy(p, msg[lane], msg_len[lane]);
+        memcpy(p + msg_len[lane], len_and_zero, 3);
+        memcpy(p + msg_len[lane] + 3, dst_prime, dst_prime_len);
+        blocks[lane] = pad(p, msg_len[lane] + 3 + dst_prime_len, 128);
+    }
+    hash4(b0, bufs, blocks, zpad->h);
+    memset(bi, 0, sizeof bi);
+    for (size_t i = 1; i <= ell; i++) { /* b_i = H((b_0 xor b_(i-1)) || i || DST') */
+        for (int lane = 0; lane < 4; lane++) {
+            uint8_t *p = bufs[lane];
+            for (int j = 0; j < 64; j++)
+                p[j] = b0[lane][j] ^ bi[lane][j];
+            p[64] = (uint8_t)i;
+            memcpy(p + 65, dst_prime, dst_prime_len);
+            blocks[lane] = pad(p, 65 + dst_prime_len, 0);
+        }
+        hash4(bi, bufs, blocks, iv.h);
+        const size_t take = len - 64 * (i - 1) < 64 ? len - 64 * (i - 1) : 64;
+        for (int lane = 0; lane < 4; lane++)
+            memcpy(out + lane * len + 64 * (i - 1), bi[lane], take);
+    }
+    psi_wipe(bufs, sizeof bufs);
+    psi_wipe(b0, sizeof b0);
+    psi_wipe(bi, sizeof bi);
+    return 0;
+}
+#endif
 
 int psi_expand_message_xmd(const uint8_t *msg, size_t msg_len, const uint8_t *dst_prime,
                            size_t dst_prime_len, uint8_t *out, size_t len)
@@ -290,10 +390,26 @@ int psi_hash_to_curve(const uint8_t *msgs, const size_t *offsets, size_t n,
     int rc = 0;
     for (size_t start = 0; start < n && rc == 0; start += block) {
         const size_t m = n - start < block ? n - start : block;
-        for (size_t i = 0; i < m; i++) {
+        for (size_t i = 0; i < m;) {
+#if PSI_X86_64
+            if (avx2 && m - i >= 4) {
+                const uint8_t *group[4];
+                size_t lens[4];
+                for (int lane = 0; lane < 4; lane++) {
+                    group[lane] = msgs + offsets[start + i + lane];
+                    lens[lane] = offsets[start + i + lane + 1] - offsets[start + i + lane];
+                }
+                if (expand4(&zpad, group, lens, dst_prime, dst_prime_len, uniform + i * width,
+                            width) == 0) {
+                    i += 4;
+                    continue;
+                }
+            }
+#endif
             const size_t j = start + i;
             expand(&zpad, msgs + offsets[j], offsets[j + 1] - offsets[j], dst_prime, dst_prime_len,
                    uniform + i * width, width);
+            i++;
         }
         rc = psi_hash_uniform_to_curve(uniform, m, count, avx2, out + 32 * start);
     }

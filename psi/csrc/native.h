@@ -62,9 +62,19 @@ typedef struct {
     size_t used;
 } psi_sha512;
 
+extern const uint64_t psi_sha512_k[80]; /* the round constants */
+
 void psi_sha512_init(psi_sha512 *c);
 void psi_sha512_update(psi_sha512 *c, const uint8_t *data, size_t len);
 void psi_sha512_final(psi_sha512 *c, uint8_t out[64]);
+
+#if PSI_X86_64
+/* sha512_avx2.c: four compressions side by side, only called when psi_cpu_has_avx2().
+ * state[w][lane] is word w of a lane's chaining value, blocks[lane] its 128-byte block;
+ * lanes whose bit is clear in active keep their state. */
+void psi_avx2_sha512_compress4(uint64_t state[8][4], const uint8_t *const blocks[4],
+                               unsigned active);
+#endif
 
 /* hash_to_curve.c (RFC 9380, suites curve25519_XMD:SHA-512_ELL2_RO_ and _NU_) */
 #define PSI_H2C_L 48 /* bytes of uniform output per field element */

@@ -10,7 +10,7 @@
 
 #include "native.h"
 
-static const uint64_t K[80] = {
+const uint64_t psi_sha512_k[80] = {
     0x428a2f98d728ae22ULL, 0x7137449123ef65cdULL, 0xb5c0fbcfec4d3b2fULL, 0xe9b5dba58189dbbcULL,
     0x3956c25bf348b538ULL, 0x59f111f1b605d019ULL, 0x923f82a4af194f9bULL, 0xab1c5ed5da6d8118ULL,
     0xd807aa98a3030242ULL, 0x12835b0145706fbeULL, 0x243185be4ee4b28cULL, 0x550c7dc3d5ffb4e2ULL,
@@ -42,9 +42,11 @@ static inline uint64_t rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n
 
 static inline uint64_t load64_be(const uint8_t *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
@@ -61,7 +63,7 @@ static inline void store64_be(uint8_t *p, uint64_t v)
 #define ROUND(a, b, c, d, e, f, g, h, t)                                                    \
     do {                                                                                   \
         const uint64_t t1 = h + (rotr(e, 14) ^ rotr(e, 18) ^ rotr(e, 41)) +                 \
-                            ((e & f) ^ (~e & g)) + K[t] + w[(t) & 15];                      \
+                            ((e & f) ^ (~e & g)) + psi_sha512_k[t] + w[(t) & 15];                      \
         const uint64_t t2 = (rotr(a, 28) ^ rotr(a, 34) ^ rotr(a, 39)) +                     \
                             ((a & b) ^ (a & c) ^ (b & c));                                  \
         d += t1;                                                                           \
