@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from psi import InvalidPointError, Key, count_intersection, hash_to_curve
 from psi.intersection import is_strictly_sorted, sort_rows
-from psi.keys import CHUNK
 from psi.parallel import InlineExecutor, ProcessExecutor
 
 keys = st.binary(min_size=32, max_size=32).map(Key.from_bytes)
@@ -31,10 +30,14 @@ def test_hashed_points_are_on_curve_and_distinct():
     assert len({r.tobytes() for r in h}) == 300
 
 
-def test_parallel_results_bit_identical_to_single_process():
+def test_parallel_results_bit_identical_to_single_process(monkeypatch):
+    chunk = 512  # several tasks per worker without hashing tens of thousands of messages
+    monkeypatch.setattr("psi.keys.CHUNK", chunk)
+    monkeypatch.setattr("psi.to_curve.CHUNK", chunk)
     key = Key.generate()
-    h = hash_to_curve([i.to_bytes(4, "little") for i in range(3 * CHUNK + 17)])
-    single_hash = hash_to_curve([i.to_bytes(4, "little") for i in range(3 * CHUNK + 17)], workers=1)
+    msgs = [i.to_bytes(4, "little") for i in range(3 * chunk + 17)]
+    h = hash_to_curve(msgs)
+    single_hash = hash_to_curve(msgs, workers=1)
     assert np.array_equal(h, single_hash)
     pool = ProcessExecutor(2)
     try:

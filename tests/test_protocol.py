@@ -346,7 +346,8 @@ class CountingExecutor(InlineExecutor):
 
 def test_the_table_flows_before_it_is_fully_blinded():
     executor = CountingExecutor()
-    server = ServerSession(EXACT, table(email=range(20_000)), MemoryLedger(), executor)
+    policy = Policy(noise=False, min_list_size=1, max_points_per_message=2048)
+    server = ServerSession(policy, table(email=range(20_000)), MemoryLedger(), executor)
     client = ClientSession([enc("email", 0)], np.zeros(1), 1, ["email"], 0.1, INLINE, min_table_size=1)
     server.receive(client.open())
     before = executor.submitted

@@ -30,7 +30,7 @@ from psi_proto.v2 import matcher_pb2 as pb
 from ..errors import InvalidPointError
 from ..identifiers import ID_TYPES
 from ..intersection import GroupIndex, is_strictly_sorted
-from ..keys import Key
+from ..keys import CHUNK, Key
 from ..noise import EPSILON_RESOLUTION, RandomSource, Release, SessionNoise, epsilon_fraction
 from ..parallel import Executor
 from ..to_curve import hash_to_curve
@@ -46,8 +46,6 @@ from .common import (
 from .policy import Policy
 
 __all__ = ["ArrayTable", "Ledger", "Policy", "ServerSession", "SessionRecord", "TableSnapshot", "TableSource"]
-
-TABLE_CHUNK = 2048  # table points per task and per message: ~55 ms of X25519
 
 
 class TableSnapshot(Protocol):
@@ -322,7 +320,8 @@ class ServerSession:
         order = self._table_order(self.table_size)
         dummies = hash_to_curve(_pad_message(self._padding), executor=self._executor)
 
-        step = min(TABLE_CHUNK, self.policy.max_points_per_message)
+        # one task per message: as many points as Key.apply gives a task, if they fit
+        step = min(CHUNK, self.policy.max_points_per_message)
 
         def chunks() -> Iterator[np.ndarray]:
             for start in range(0, self.table_size, step):
