@@ -53,10 +53,12 @@ def _timed(fn: Callable[..., object], *args: object) -> tuple[float, float]:
 
 def _throughput(
     messages: list[bytes], own: np.ndarray, received: np.ndarray, seconds: int
-) -> tuple[float, dict[int, dict[str, tuple[float, float]]], dict[str, float]]:
+) -> tuple[
+    float, dict[int, dict[str, tuple[float, float]]], dict[str, list[float]], dict[str, float]
+]:
     """openssl's rate per core; (by wall, by CPU) rates of each bulk primitive per number
-    of workers on the selected path; and the Python fallback's rates by CPU on one
-    worker."""
+    of workers on the selected path; each round's wall-clock speed-up of all workers
+    over one; and the Python fallback's rates by CPU on one worker."""
     key = Key.generate()
     operations = {
         "apply_own": lambda w: key.apply(own, w, check=False),
@@ -72,6 +74,7 @@ def _throughput(
     workers = range(1, cpu_count() + 1)
     openssl = 0.0
     best = {(w, name): (float("inf"), float("inf")) for w in workers for name in operations}
+    walls: dict[tuple[int, str], list[float]] = {key: [] for key in best}
     best_fallback = dict.fromkeys(fallback, float("inf"))
     # Round robin: a burst of load from other tenants then spoils one run of several
     # measurements instead of every run of one, and the best of each survives.
@@ -80,6 +83,7 @@ def _throughput(
         for w in workers:
             for name, operation in operations.items():
                 wall, cpu = _timed(operation, w)
+                walls[w, name].append(wall)
                 best[w, name] = (min(best[w, name][0], wall), min(best[w, name][1], cpu))
         if backend.path() != "python":
             with backend.use("off"):
@@ -90,12 +94,18 @@ def _throughput(
         w: {name: (size / best[w, name][0], size / best[w, name][1]) for name in operations}
         for w in workers
     }
+    # each round's speed-up of all workers over one, the two runs minutes apart at most
+    most = max(workers)
+    rounds = {
+        name: [one / all_ for one, all_ in zip(walls[1, name], walls[most, name])]
+        for name in operations
+    }
     python = {
         name: min(size, PYTHON_ITEMS) / seconds
         for name, seconds in best_fallback.items()
         if seconds != float("inf")
     }
-    return openssl, rates, python
+    return openssl, rates, rounds, python
 
 
 def _count_seconds(small: int, large: int) -> float:
@@ -124,13 +134,14 @@ def measure(*, quick: bool) -> dict:
     own = hash_to_curve(messages)
     # what a party receives: points blinded under the other party's key
     received = Key.generate().apply(own, check=False)
-    openssl, by_workers, python = _throughput(messages, own, received, 1 if quick else 3)
+    openssl, by_workers, rounds, python = _throughput(messages, own, received, 1 if quick else 3)
     return {
         "size": size,
         "repeats": REPEATS,
         "backend": backend.describe(),
         "openssl_per_core": openssl,
         "by_workers": by_workers,
+        "speedup_by_round": rounds,
         "python_one_worker": python,
         "count": {"small": small, "large": large, "seconds": _count_seconds(small, large)},
     }
