@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = ["module", "x25519", "x25519_avx2", "hash_to_curve", "sha512", "sha512_avx2"]
-HEADERS = ["native.h", "fe51.h", "ct.h"]
+HEADERS = ["native.h", "fe51.h", "ct.h", "sha512_rounds.h"]
 CFLAGS = ["-std=gnu11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra"]
 
 native = Extension(

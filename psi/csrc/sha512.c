@@ -40,16 +40,6 @@ static const uint64_t H0[8] = {
 
 static inline uint64_t rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
-static inline uint64_t load64_be(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
-
 static inline void store64_be(uint8_t *p, uint64_t v)
 {
     for (int i = 7; i >= 0; i--) {
@@ -58,51 +48,18 @@ static inline void store64_be(uint8_t *p, uint64_t v)
     }
 }
 
-/* One round of section 6.4.2 with the working variables named by position, so that eight
- * rounds in a row rotate the names instead of moving eight values. */
-#define ROUND(a, b, c, d, e, f, g, h, t)                                                    \
-    do {                                                                                   \
-        const uint64_t t1 = h + (rotr(e, 14) ^ rotr(e, 18) ^ rotr(e, 41)) +                 \
-                            ((e & f) ^ (~e & g)) + psi_sha512_k[t] + w[(t) & 15];                      \
-        const uint64_t t2 = (rotr(a, 28) ^ rotr(a, 34) ^ rotr(a, 39)) +                     \
-                            ((a & b) ^ (a & c) ^ (b & c));                                  \
-        d += t1;                                                                           \
-        h = t1 + t2;                                                                       \
-    } while (0)
-
-/* The message schedule, kept as a ring of its last 16 words. */
-#define SCHEDULE(t)                                                                        \
-    do {                                                                                   \
-        const uint64_t w15 = w[((t) - 15) & 15], w2 = w[((t) - 2) & 15];                   \
-        w[(t) & 15] += (rotr(w15, 1) ^ rotr(w15, 8) ^ (w15 >> 7)) + w[((t) - 7) & 15] +     \
-                       (rotr(w2, 19) ^ rotr(w2, 61) ^ (w2 >> 6));                          \
-    } while (0)
-
-#define EIGHT_ROUNDS(t)                                                                    \
-    do {                                                                                   \
-        ROUND(a, b, c, d, e, f, g, k, (t) + 0);                                            \
-        ROUND(k, a, b, c, d, e, f, g, (t) + 1);                                            \
-        ROUND(g, k, a, b, c, d, e, f, (t) + 2);                                            \
-        ROUND(f, g, k, a, b, c, d, e, (t) + 3);                                            \
-        ROUND(e, f, g, k, a, b, c, d, (t) + 4);                                            \
-        ROUND(d, e, f, g, k, a, b, c, (t) + 5);                                            \
-        ROUND(c, d, e, f, g, k, a, b, (t) + 6);                                            \
-        ROUND(b, c, d, e, f, g, k, a, (t) + 7);                                            \
-    } while (0)
+#define SHA512_WORD uint64_t
+#define ROTR(x, n) rotr((x), (n))
+#define SHA512_K(t) psi_sha512_k[t]
+#include "sha512_rounds.h"
 
 static void compress(uint64_t h[8], const uint8_t block[128])
 {
     uint64_t w[16];
     for (int t = 0; t < 16; t++)
-        w[t] = load64_be(block + 8 * t);
+        w[t] = sha512_load(block + 8 * t);
     uint64_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
-    EIGHT_ROUNDS(0);
-    EIGHT_ROUNDS(8);
-    for (int t = 16; t < 80; t += 8) {
-        for (int i = 0; i < 8; i++)
-            SCHEDULE(t + i);
-        EIGHT_ROUNDS(t);
-    }
+    SHA512_ROUNDS();
     h[0] += a; h[1] += b; h[2] += c; h[3] += d;
     h[4] += e; h[5] += f; h[6] += g; h[7] += k;
 }

@@ -11,70 +11,30 @@
 #if PSI_X86_64
 
 #include <immintrin.h>
-#include <string.h>
 
 #define AVX2 __attribute__((target("avx2")))
 
 typedef uint64_t v4u __attribute__((vector_size(32)));
 
-#define ROTR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
-
 AVX2 static inline v4u broadcast(uint64_t x) { return (v4u)_mm256_set1_epi64x((long long)x); }
 
-#define ROUND(a, b, c, d, e, f, g, h, t)                                                    \
-    do {                                                                                   \
-        const v4u t1 = h + (ROTR(e, 14) ^ ROTR(e, 18) ^ ROTR(e, 41)) +                      \
-                       ((e & f) ^ (~e & g)) + broadcast(psi_sha512_k[t]) + w[(t) & 15];     \
-        const v4u t2 = (ROTR(a, 28) ^ ROTR(a, 34) ^ ROTR(a, 39)) +                          \
-                       ((a & b) ^ (a & c) ^ (b & c));                                       \
-        d += t1;                                                                           \
-        h = t1 + t2;                                                                       \
-    } while (0)
-
-#define SCHEDULE(t)                                                                        \
-    do {                                                                                   \
-        const v4u w15 = w[((t) - 15) & 15], w2 = w[((t) - 2) & 15];                        \
-        w[(t) & 15] += (ROTR(w15, 1) ^ ROTR(w15, 8) ^ (w15 >> 7)) + w[((t) - 7) & 15] +     \
-                       (ROTR(w2, 19) ^ ROTR(w2, 61) ^ (w2 >> 6));                          \
-    } while (0)
-
-#define EIGHT_ROUNDS(t)                                                                    \
-    do {                                                                                   \
-        ROUND(a, b, c, d, e, f, g, k, (t) + 0);                                            \
-        ROUND(k, a, b, c, d, e, f, g, (t) + 1);                                            \
-        ROUND(g, k, a, b, c, d, e, f, (t) + 2);                                            \
-        ROUND(f, g, k, a, b, c, d, e, (t) + 3);                                            \
-        ROUND(e, f, g, k, a, b, c, d, (t) + 4);                                            \
-        ROUND(d, e, f, g, k, a, b, c, (t) + 5);                                            \
-        ROUND(c, d, e, f, g, k, a, b, (t) + 6);                                            \
-        ROUND(b, c, d, e, f, g, k, a, (t) + 7);                                            \
-    } while (0)
-
-static inline uint64_t load64_be(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return __builtin_bswap64(v);
-}
+#define SHA512_WORD v4u
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+#define SHA512_K(t) broadcast(psi_sha512_k[t])
+#include "sha512_rounds.h"
 
 AVX2 void psi_avx2_sha512_compress4(uint64_t state[8][4], const uint8_t *const blocks[4],
                                     unsigned active)
 {
     v4u w[16];
     for (int t = 0; t < 16; t++)
-        w[t] = (v4u){load64_be(blocks[0] + 8 * t), load64_be(blocks[1] + 8 * t),
-                     load64_be(blocks[2] + 8 * t), load64_be(blocks[3] + 8 * t)};
+        w[t] = (v4u){sha512_load(blocks[0] + 8 * t), sha512_load(blocks[1] + 8 * t),
+                     sha512_load(blocks[2] + 8 * t), sha512_load(blocks[3] + 8 * t)};
     v4u s[8];
     for (int i = 0; i < 8; i++)
         memcpy(&s[i], state[i], sizeof s[i]);
     v4u a = s[0], b = s[1], c = s[2], d = s[3], e = s[4], f = s[5], g = s[6], k = s[7];
-    EIGHT_ROUNDS(0);
-    EIGHT_ROUNDS(8);
-    for (int t = 16; t < 80; t += 8) {
-        for (int i = 0; i < 8; i++)
-            SCHEDULE(t + i);
-        EIGHT_ROUNDS(t);
-    }
+    SHA512_ROUNDS();
     /* all ones in the lanes that take the block, zero in those that keep their state */
     const v4u take = {0 - (uint64_t)(active & 1), 0 - (uint64_t)(active >> 1 & 1),
                       0 - (uint64_t)(active >> 2 & 1), 0 - (uint64_t)(active >> 3 & 1)};
