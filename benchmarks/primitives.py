@@ -94,7 +94,7 @@ def _throughput(
         w: {name: (size / best[w, name][0], size / best[w, name][1]) for name in operations}
         for w in workers
     }
-    # each round's speed-up of all workers over one, the two runs minutes apart at most
+    # each round's speed-up of all workers over one, its two runs seconds apart
     most = max(workers)
     rounds = {
         name: [one / all_ for one, all_ in zip(walls[1, name], walls[most, name])]

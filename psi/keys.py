@@ -23,7 +23,7 @@ __all__ = ["CHUNK", "Key"]
 
 # Points per task at most: about 0.3 s of native X25519. The pool costs the caller 1 to
 # 1.5 ms of CPU per task, taken from the workers' cores: at 2,048 points a task that was
-# 5% of two workers' time.
+# 2 to 3% of two workers' time.
 CHUNK = 16384
 # Up to this many points (30 ms of X25519) a call is one task; more are split over the
 # workers, two tasks each at least.
