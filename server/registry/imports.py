@@ -219,14 +219,18 @@ def _first_adds(staged: list[tuple], removes: bool) -> dict[tuple[str, bytes], i
 # A value to hash in the hashing's key file: its type's index in ID_TYPES, then its hash.
 _KEY_BYTES = 33
 _TYPE_BYTES = {t: bytes((i,)) for i, t in enumerate(ID_TYPES)}
+_PREFIXES = [type_prefix(t) for t in ID_TYPES]  # by a record's first byte
 
 
 def _key_file_records(values: Iterable[tuple[str, bytes]]) -> bytes:
     return b"".join(_TYPE_BYTES[t] + h for t, h in values)
 
 
-def _hash_keys(keys: list[tuple[str, bytes]]) -> np.ndarray:
-    return hash_to_curve([type_prefix(t) + h for t, h in keys], workers=1)
+def _hash_records(records: bytes) -> np.ndarray:
+    """The points of key-file records' values. (Built straight from the records: going
+    through a tuple per value cost 5% of hashing them.)"""
+    return hash_to_curve([_PREFIXES[records[i]] + records[i + 1 : i + _KEY_BYTES]
+                          for i in range(0, len(records), _KEY_BYTES)], workers=1)
 
 
 def _hash_slice(directory: str, first: int, count: int) -> None:
@@ -235,8 +239,7 @@ def _hash_slice(directory: str, first: int, count: int) -> None:
     with open(Path(directory) / "keys", "rb") as f:
         f.seek(first * _KEY_BYTES)
         keys = f.read(count * _KEY_BYTES)
-    points = _hash_keys([(ID_TYPES[keys[i]], keys[i + 1 : i + _KEY_BYTES])
-                         for i in range(0, len(keys), _KEY_BYTES)])
+    points = _hash_records(keys)
     with open(Path(directory) / "points", "r+b") as f:
         f.seek(first * 32)
         f.write(points.tobytes())
@@ -785,7 +788,7 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, beside: 
     # since (its last holder erased, say), or whose rows chosen to hash it add none of
     # its new holders (their identifiers withdrawn by a later row of the file).
     lost = conn.execute(f"SELECT id_type, value_hash, holders {new} AND n.hashed IS NULL").fetchall()
-    points = _hash_keys([(t, h) for t, h, _ in lost])
+    points = _hash_records(_key_file_records((t, h) for t, h, _ in lost))
     conn.executemany(
         "INSERT INTO points (id_type, value_hash, point, holders) VALUES (?, ?, ?, ?)",
         [(t, h, p.tobytes(), n) for (t, h, n), p in zip(lost, points)],
