@@ -80,8 +80,10 @@ def _throughput(
     # measurements instead of every run of one, and the best of each survives.
     for _ in range(REPEATS):
         openssl = max(openssl, openssl_x25519(seconds))
-        for w in workers:
-            for name, operation in operations.items():
+        # each operation on 1, 2, ... workers in turn, so that the runs a round's
+        # speed-up over workers compares are seconds apart
+        for name, operation in operations.items():
+            for w in workers:
                 wall, cpu = _timed(operation, w)
                 walls[w, name].append(wall)
                 best[w, name] = (min(best[w, name][0], wall), min(best[w, name][1], cpu))
@@ -94,7 +96,7 @@ def _throughput(
         w: {name: (size / best[w, name][0], size / best[w, name][1]) for name in operations}
         for w in workers
     }
-    # each round's speed-up of all workers over one, its two runs seconds apart
+    # each round's speed-up of all workers over one
     most = max(workers)
     rounds = {
         name: [one / all_ for one, all_ in zip(walls[1, name], walls[most, name])]
