@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from . import backend
 from .errors import InvalidPointError
-from .parallel import Executor, InlineExecutor, Pipeline, chunk_size, get_executor, imap
+from .parallel import Executor, InlineExecutor, Pipeline, get_executor, imap, task_bounds
 from .points import as_points, canonical_mask, off_curve_count
 
 __all__ = ["CHUNK", "Key"]
@@ -26,7 +26,7 @@ __all__ = ["CHUNK", "Key"]
 # 2 to 3% of two workers' time.
 CHUNK = 16384
 # Up to this many points (30 ms of X25519) a call is one task; more are split over the
-# workers, two tasks each at least.
+# workers (``task_bounds``).
 ONE_TASK = 2048
 
 
@@ -151,10 +151,10 @@ class Key:
         arr = as_points(points)
         pool = executor if executor is not None else get_executor(workers)
         if isinstance(pool, InlineExecutor) or len(arr) <= ONE_TASK:
-            size = max(len(arr), 1)
+            bounds = [(0, len(arr))] if len(arr) else []
         else:
-            size = chunk_size(len(arr), pool.workers, CHUNK)
-        chunks = (arr[i : i + size] for i in range(0, len(arr), size))
+            bounds = task_bounds(len(arr), pool.workers, CHUNK)
+        chunks = (arr[start:stop] for start, stop in bounds)
         parts = list(self.apply_chunks(chunks, executor=pool, check=check))
         if not parts:
             return np.empty((0, 32), dtype=np.uint8)

@@ -26,11 +26,11 @@ __all__ = [
     "InlineExecutor",
     "Pipeline",
     "ProcessExecutor",
-    "chunk_size",
     "cpu_count",
     "get_executor",
     "imap",
     "start_workers",
+    "task_bounds",
 ]
 
 
@@ -212,12 +212,20 @@ def _shutdown_pools() -> None:
             server._stop()
 
 
-def chunk_size(items: int, workers: int, limit: int) -> int:
-    """Items per task to split ``items`` over ``workers``: at most ``limit``, and a
-    multiple of ``workers`` tasks (two per worker at least), so that the workers share
-    the work evenly to the end instead of one finishing a last short round alone."""
-    tasks = workers * max(2, -(-items // (limit * workers)))
-    return max(1, -(-items // tasks))
+def task_bounds(items: int, workers: int, limit: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each task splitting ``items`` over ``workers``: at most
+    ``limit`` items each, then shrinking as the work runs out (each takes a ``2 *
+    workers``-th of what is left, down to a 32nd of ``limit``). Workers take the next
+    task as they come free, and on a shared machine they do not run at the same speed:
+    with equal tasks one could still be busy with a whole task when the others ended,
+    with these only a short one."""
+    least = max(1, limit // 32)
+    bounds, start = [], 0
+    while start < items:
+        size = min(limit, max(least, -(-(items - start) // (2 * workers))))
+        bounds.append((start, min(items, start + size)))
+        start += size
+    return bounds
 
 
 def imap(

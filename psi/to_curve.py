@@ -20,7 +20,7 @@ import numpy as np
 
 from . import backend
 from .errors import HashToCurveError
-from .parallel import Executor, chunk_size, get_executor, imap
+from .parallel import Executor, get_executor, imap, task_bounds
 
 __all__ = [
     "P",
@@ -218,8 +218,8 @@ def _run(msgs, dst, count, workers, executor) -> np.ndarray:
     if executor is None and (workers == 1 or len(msgs) <= ONE_TASK):
         return _hash_chunk(msgs, dst_prime, count)
     pool = executor if executor is not None else get_executor(workers)
-    size = chunk_size(len(msgs), pool.workers, CHUNK)
-    tasks = ((msgs[i : i + size], dst_prime, count) for i in range(0, len(msgs), size))
+    bounds = task_bounds(len(msgs), pool.workers, CHUNK)
+    tasks = ((msgs[start:stop], dst_prime, count) for start, stop in bounds)
     parts = list(imap(pool, _hash_chunk, tasks))
     return np.concatenate(parts) if parts else np.empty((0, 32), dtype=np.uint8)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from psi import InvalidPointError, Key, count_intersection, hash_to_curve
 from psi.intersection import is_strictly_sorted, sort_rows
-from psi.parallel import InlineExecutor, ProcessExecutor
+from psi.parallel import InlineExecutor, ProcessExecutor, task_bounds
 
 keys = st.binary(min_size=32, max_size=32).map(Key.from_bytes)
 messages = st.lists(st.binary(max_size=40), min_size=1, max_size=8)
@@ -45,6 +45,24 @@ def test_parallel_results_bit_identical_to_single_process(monkeypatch):
     finally:
         pool.shutdown()
     assert np.array_equal(key.apply(h, workers=2), key.apply(h, executor=InlineExecutor()))
+
+
+@given(st.integers(0, 10**6), st.integers(1, 64), st.integers(1, 20_000))
+def test_task_bounds_cover_the_items_and_shrink_to_the_end(items, workers, limit):
+    """Tasks follow each other over every item; none takes more than ``limit``, nor more
+    than its share (a ``2 * workers``-th) of what is left once that is above a 32nd of
+    ``limit``, so the last tasks a worker can be left alone with are short."""
+    bounds = task_bounds(items, workers, limit)
+    starts = [start for start, _ in bounds]
+    assert starts == ([0] + [stop for _, stop in bounds[:-1]] if bounds else [])
+    assert (bounds[-1][1] if bounds else 0) == items
+    sizes = [stop - start for start, stop in bounds]
+    assert all(0 < size <= limit for size in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    least = max(1, limit // 32)
+    for start, stop in bounds:
+        assert stop - start <= max(least, -(-(items - start) // (2 * workers)))
+    assert len(bounds) <= items // least + 1
 
 
 def test_started_pool_has_every_worker_before_any_task():

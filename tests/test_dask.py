@@ -18,8 +18,8 @@ from dask.base import tokenize
 
 from psi import InvalidPointError, Key, encode_identifier, hash_to_curve
 from psi.cluster import DaskExecutor, executor_from_spec
-from psi.keys import _apply_chunk
-from psi.parallel import InlineExecutor, get_executor
+from psi.keys import CHUNK, _apply_chunk
+from psi.parallel import InlineExecutor, get_executor, task_bounds
 from psi.protocol import ArrayTable, ClientSession, Policy, ServerSession, inprocess
 
 from .support import MemoryLedger
@@ -113,7 +113,7 @@ def test_killed_worker_mid_apply_gives_identical_result(executor, points):
     killer = threading.Thread(target=kill_a_busy_worker)
     killer.start()
     try:
-        # 30,000 points: 4 chunks of 7,500, about 0.3 s of X25519 on two workers
+        # 30,000 points: 14 chunks of 7,500 down to 153, about 0.3 s of X25519 on two workers
         result = key.apply(np.tile(points, (10, 1)), executor=executor)
     finally:
         done.set()
@@ -130,11 +130,13 @@ def test_task_keys_hold_no_trace_of_the_scalar(executor, points):
         key.apply(points, executor=executor)
         key.apply(points, executor=executor)
     names = [task["key"] for task in stream.data]
-    assert len(names) == len(set(names)) == 8  # the same chunks twice, never the same key
+    bounds = task_bounds(len(points), executor.workers, CHUNK)
+    # the same chunks twice, never the same key
+    assert len(names) == len(set(names)) == 2 * len(bounds) > 2
     forbidden = {
         scalar.hex(),
         tokenize(scalar),
-        tokenize(_apply_chunk, {}, scalar, points[:750], True),
+        tokenize(_apply_chunk, {}, scalar, points[: bounds[0][1]], True),
     }
     for name in names:
         assert re.fullmatch(r"_apply_chunk-[0-9a-f]{32}", name)
