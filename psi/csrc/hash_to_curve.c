@@ -79,10 +79,8 @@ static size_t pad(uint8_t *buf, size_t len, uint64_t before)
     uint8_t *end = buf + 128 * blocks;
     buf[len] = 0x80;
     memset(buf + len + 1, 0, (size_t)(end - buf) - len - 1 - 16);
-    for (int i = 0; i < 8; i++) { /* the length in bits, 128-bit big-endian */
-        end[-16 + i] = (uint8_t)((total >> 61) >> (56 - 8 * i));
-        end[-8 + i] = (uint8_t)((total << 3) >> (56 - 8 * i));
-    }
+    psi_store64_be(end - 16, total >> 61); /* the length in bits, 128-bit */
+    psi_store64_be(end - 8, total << 3);
     return blocks;
 }
 
@@ -110,8 +108,7 @@ static void hash4(uint8_t digest[4][64], uint8_t bufs[4][LANE_BLOCKS * 128],
     }
     for (int lane = 0; lane < 4; lane++)
         for (int w = 0; w < 8; w++)
-            for (int i = 0; i < 8; i++)
-                digest[lane][8 * w + i] = (uint8_t)(state[w][lane] >> (56 - 8 * i));
+            psi_store64_be(digest[lane] + 8 * w, state[w][lane]);
     psi_wipe(state, sizeof state);
 }
 

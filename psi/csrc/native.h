@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PSI_X86_64 1
@@ -63,6 +64,25 @@ typedef struct {
 } psi_sha512;
 
 extern const uint64_t psi_sha512_k[80]; /* the round constants */
+
+/* SHA-512's words are big-endian. */
+static inline uint64_t psi_load64_be(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static inline void psi_store64_be(uint8_t *p, uint64_t v)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
 
 void psi_sha512_init(psi_sha512 *c);
 void psi_sha512_update(psi_sha512 *c, const uint8_t *data, size_t len);

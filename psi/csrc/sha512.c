@@ -40,14 +40,6 @@ static const uint64_t H0[8] = {
 
 static inline uint64_t rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
-static inline void store64_be(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
 #define SHA512_WORD uint64_t
 #define ROTR(x, n) rotr((x), (n))
 #define SHA512_K(t) psi_sha512_k[t]
@@ -57,7 +49,7 @@ static void compress(uint64_t h[8], const uint8_t block[128])
 {
     uint64_t w[16];
     for (int t = 0; t < 16; t++)
-        w[t] = sha512_load(block + 8 * t);
+        w[t] = psi_load64_be(block + 8 * t);
     uint64_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
     SHA512_ROUNDS();
     h[0] += a; h[1] += b; h[2] += c; h[3] += d;
@@ -102,10 +94,10 @@ void psi_sha512_final(psi_sha512 *c, uint8_t out[64])
         c->used = 0;
     }
     memset(c->buf + c->used, 0, 112 - c->used);
-    store64_be(c->buf + 112, bits_hi);
-    store64_be(c->buf + 120, bits_lo);
+    psi_store64_be(c->buf + 112, bits_hi);
+    psi_store64_be(c->buf + 120, bits_lo);
     compress(c->h, c->buf);
     for (int i = 0; i < 8; i++)
-        store64_be(out + 8 * i, c->h[i]);
+        psi_store64_be(out + 8 * i, c->h[i]);
     psi_wipe(c, sizeof *c);
 }

@@ -28,8 +28,8 @@ AVX2 void psi_avx2_sha512_compress4(uint64_t state[8][4], const uint8_t *const b
 {
     v4u w[16];
     for (int t = 0; t < 16; t++)
-        w[t] = (v4u){sha512_load(blocks[0] + 8 * t), sha512_load(blocks[1] + 8 * t),
-                     sha512_load(blocks[2] + 8 * t), sha512_load(blocks[3] + 8 * t)};
+        w[t] = (v4u){psi_load64_be(blocks[0] + 8 * t), psi_load64_be(blocks[1] + 8 * t),
+                     psi_load64_be(blocks[2] + 8 * t), psi_load64_be(blocks[3] + 8 * t)};
     v4u s[8];
     for (int i = 0; i < 8; i++)
         memcpy(&s[i], state[i], sizeof s[i]);

@@ -8,20 +8,6 @@
 #ifndef PSI_SHA512_ROUNDS_H
 #define PSI_SHA512_ROUNDS_H
 
-#include <stdint.h>
-#include <string.h>
-
-/* A big-endian word of a message block. */
-static inline uint64_t sha512_load(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
-}
-
 /* One round with the working variables named by position, so that eight rounds in a row
  * rotate the names instead of moving eight values. */
 #define SHA512_ROUND(a, b, c, d, e, f, g, h, t)                                              \
