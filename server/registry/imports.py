@@ -774,9 +774,13 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, beside: 
             f"UPDATE points SET holders = points.holders + n.holders FROM {values} AS n "
             "WHERE points.id_type = n.id_type AND points.value_hash = n.value_hash"
         )
+    # Reading the table it inserts into, a statement first copies all it selects to a
+    # temporary table: on a registry holding no points every value is new anyway.
     new = (
         f"FROM {values} AS n WHERE NOT EXISTS (SELECT 1 FROM points AS p "
         "WHERE p.id_type = n.id_type AND p.value_hash = n.value_hash)"
+        if stored
+        else f"FROM {values} AS n WHERE 1"
     )
     conn.execute(
         "INSERT INTO points (id_type, value_hash, point, holders) "
