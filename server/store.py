@@ -562,6 +562,13 @@ ALTER TABLE consent_events_v6 RENAME TO consent_events;
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# Bytes per database page of a new registry (and of an import's scratch databases). An
+# import writes each page it fills to the log and then to the file, a system call
+# each, and most of a large import's system time is those calls: 16 KiB pages make a
+# quarter as many as SQLite's default 4 KiB, for the same bytes.
+PAGE_SIZE = 16384
+
+
 def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
     """Open the registry. Refuses a missing file unless ``create``, and an old schema."""
     path = Path(path)
@@ -570,6 +577,8 @@ def connect(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
     )
+    if create:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file's; others keep theirs
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")

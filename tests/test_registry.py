@@ -3,6 +3,7 @@ set's incremental updates, and the schema."""
 
 import hashlib
 import io
+import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -248,6 +249,28 @@ def test_schema_version_and_append_only(tmp_path):
         store.connect(newer)
     with pytest.raises(store.RegistryError, match="psi-server init"):
         store.connect(tmp_path / "missing.db")
+
+
+def test_a_new_registry_takes_large_pages_and_an_older_file_keeps_its_own(tmp_path):
+    """Only a new file takes ``PAGE_SIZE``; a registry made with SQLite's default 4 KiB
+    pages (every one before) opens, imports (its scratch databases' pages differ) and
+    builds the same live set."""
+    older = tmp_path / "older.db"
+    with sqlite3.connect(older) as c:
+        c.execute("PRAGMA page_size = 4096")
+        c.execute("CREATE TABLE fixes_the_page_size (a)")
+        c.execute("DROP TABLE fixes_the_page_size")
+    rows = [(f"u{i}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
+            for i in range(300)]
+    for path, size in ((tmp_path / "new.db", store.PAGE_SIZE), (older, 4096)):
+        store.init(path)
+        conn = store.connect(path)
+        assert store.init(path) == store.SCHEMA_VERSION  # opening again changes nothing
+        report = import_rows(conn, rows)
+        assert report.new_identifiers == 300 and not report.invalid_rows
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == size
+        conn.close()
+        assert table(str(path), cap=1) == points_of("email", [value_hash(i) for i in range(300)])
 
 
 def test_a_version_1_registry_upgrades_in_place_keeping_every_point(tmp_path, caplog):

@@ -41,7 +41,7 @@ from psi.identifiers import ID_TYPES, type_prefix
 from psi.parallel import Executor, cpu_count, get_executor, imap
 from psi.records import MalformedFile
 
-from ..store import BUSY_TIMEOUT_S, transaction
+from ..store import BUSY_TIMEOUT_S, PAGE_SIZE, transaction
 from .rows import (
     DEFAULT_REGION,
     Batch,
@@ -406,6 +406,7 @@ def _attach(conn: sqlite3.Connection, name: str, directory: str) -> None:
     """Nothing in a scratch database needs recovering after a crash, so nothing is synced."""
     conn.execute(f"ATTACH DATABASE ? AS {name}", (str(Path(directory, f"{name}.db")),))
     try:
+        conn.execute(f"PRAGMA {name}.page_size = {PAGE_SIZE}")  # if new (see PAGE_SIZE)
         conn.execute(f"PRAGMA {name}.journal_mode = MEMORY")
         conn.execute(f"PRAGMA {name}.synchronous = OFF")
         # The consent effects and the value counts are written and read in key order,
