@@ -256,10 +256,11 @@ def test_a_new_registry_takes_large_pages_and_an_older_file_keeps_its_own(tmp_pa
     pages (every one before) opens, imports (its scratch databases' pages differ) and
     builds the same live set."""
     older = tmp_path / "older.db"
-    with sqlite3.connect(older) as c:
-        c.execute("PRAGMA page_size = 4096")
-        c.execute("CREATE TABLE fixes_the_page_size (a)")
-        c.execute("DROP TABLE fixes_the_page_size")
+    c = sqlite3.connect(older)
+    c.execute("PRAGMA page_size = 4096")
+    c.execute("CREATE TABLE fixes_the_page_size (a)")
+    c.execute("DROP TABLE fixes_the_page_size")
+    c.close()
     rows = [(f"u{i}", "email", email(i), "account", "granted", "2026-01-01T00:00:00Z")
             for i in range(300)]
     for path, size in ((tmp_path / "new.db", store.PAGE_SIZE), (older, 4096)):
