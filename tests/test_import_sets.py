@@ -306,6 +306,27 @@ def test_a_pool_hashes_the_new_values_of_several_batches_while_the_transaction_r
     conn.close()
 
 
+@pytest.mark.parametrize("slice_points", [1, 7, 1 << 22])
+def test_the_points_are_stored_a_slice_of_places_at_a_time(tmp_path, monkeypatch, slice_points):
+    """However many statements the points take (SQLite refuses a blob over 10^9 bytes),
+    every value gets its own point, into an empty registry and into one holding points
+    (a value shared across batches has two places; one serves)."""
+    monkeypatch.setattr(imports, "POINTS_PER_INSERT", slice_points)
+    sets, triggers = registries(tmp_path)
+    first = [model.Row(u, u % 300, "account", "granted", 1, "add", False) for u in range(imports.BATCH + 400)]
+    second = [model.Row(u, 250 + u, "advertising", "granted", 2, "add", False) for u in range(120)]
+    for name, batch in (("first", first), ("second", second)):
+        data = csv_of(batch)
+        report = imports.import_file(sets, io.BytesIO(data), "csv", name, executor=get_executor(2))
+        assert report.new_identifiers == len(batch)
+        reference_import(triggers, data, name)
+        assert_same_writes(sets, triggers)
+        points_are_held(sets)
+    assert report.points_hashed == 70  # values 300 to 369
+    sets.close()
+    triggers.close()
+
+
 class _Recording(InlineExecutor):
     def __init__(self, workers: int, events: list) -> None:
         self.workers, self.events = workers, events
@@ -323,9 +344,9 @@ def test_hashing_takes_a_core_only_once_the_work_beside_or_the_transaction_leave
     begins when that work ends, or when the transaction waits for the points; on one
     core, only then. The import is the same."""
     events: list[str] = []
-    counts, points = imports._value_counts, imports._Hashing.points
+    counts, wait = imports._value_counts, imports._Hashing.wait
     monkeypatch.setattr(imports, "_value_counts", lambda conn: (counts(conn), events.append("counted"))[0])
-    monkeypatch.setattr(imports._Hashing, "points", lambda self: (events.append("waiting"), points(self))[1])
+    monkeypatch.setattr(imports._Hashing, "wait", lambda self: (events.append("waiting"), wait(self))[1])
     sets, triggers = registries(tmp_path)
     data = csv_of([model.Row(u, u, "account", "granted", 1, "add", False) for u in range(3 * imports.BATCH)])
     report = imports.import_file(sets, io.BytesIO(data), "csv", "first", executor=_Recording(workers, events))

@@ -60,6 +60,9 @@ __all__ = ["ImportReport", "import_file"]
 
 BATCH = 8192
 MAX_REPORTED_ERRORS = 1000
+# The most points bound to one statement of the final transaction (128 MiB; see
+# ``_add_points``).
+POINTS_PER_INSERT = 1 << 22
 # Pages SQLite may keep in memory while an import stages and applies (KiB), for each of
 # the registry and the import's own tables: the final transaction looks each new row up
 # in the registry's indexes (users, identifiers by user, consent events by user), which
@@ -258,7 +261,7 @@ class _Hashing:
     A value is chosen when its batch is read: one stored by another writer before the
     transaction is then hashed twice, and one removed since is hashed in the
     transaction (``_add_points``). Files, not memory, hold the values and their points
-    until the transaction reads the points (32 bytes each)."""
+    until the transaction reads the points (32 bytes each), a slice at a time."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -301,7 +304,7 @@ class _Hashing:
                     running.append(pool.submit(_hash_slice, *task))
                 while running:
                     running.popleft().result()
-            except BaseException as exc:  # raised in the transaction, by ``points``
+            except BaseException as exc:  # raised in the transaction, by ``wait``
                 self._error = exc
             finally:
                 for task in running:
@@ -319,15 +322,20 @@ class _Hashing:
             self._lanes += 1
             self._changed.notify_all()
 
-    def points(self) -> bytes:
-        """Every point, in the order of their places, once hashed (a task's failure is
-        raised here). The transaction waits meanwhile: its core hashes too."""
+    def wait(self) -> None:
+        """Until every value is hashed (a task's failure is raised here). The transaction
+        waits meanwhile: its core hashes too."""
         self.grant()
         if self._thread is not None:
             self._thread.join()
         if self._error is not None:
             raise self._error
-        return (Path(self.directory) / "points").read_bytes()
+
+    def points(self, first: int, count: int) -> bytes:
+        """The points at places ``first`` to ``first + count``, once hashed."""
+        with open(Path(self.directory) / "points", "rb") as f:
+            f.seek(first * 32)
+            return f.read(count * 32)
 
     def stop(self) -> None:
         """No task runs past this (they write the directory)."""
@@ -783,12 +791,18 @@ def _add_points(conn: sqlite3.Connection, base: int, hashing: _Hashing, beside: 
         if stored
         else f"FROM {values} AS n WHERE 1"
     )
-    conn.execute(
+    # A slice of places at a time, each slice's points bound as one blob: SQLite refuses
+    # a blob over 10^9 bytes (31 million points), and the blob is held twice while bound
+    # (this process's copy and SQLite's). On most imports, one slice.
+    hashing.wait()
+    insert = (
         "INSERT INTO points (id_type, value_hash, point, holders) "
-        f"SELECT id_type, value_hash, substr(:points, hashed * 32 + 1, 32), holders {new} "
-        "AND n.hashed IS NOT NULL",
-        {"points": hashing.points()},
+        f"SELECT id_type, value_hash, substr(:points, (hashed - :first) * 32 + 1, 32), holders {new} "
+        "AND n.hashed >= :first AND n.hashed < :first + :count"
     )
+    for first in range(0, hashing.count, POINTS_PER_INSERT):
+        count = min(POINTS_PER_INSERT, hashing.count - first)
+        conn.execute(insert, {"points": hashing.points(first, count), "first": first, "count": count})
     # Hashed now: a value whose point was stored when its batch was read and removed
     # since (its last holder erased, say), or whose rows chosen to hash it add none of
     # its new holders (their identifiers withdrawn by a later row of the file).
