@@ -236,13 +236,17 @@ def _hash_records(records: bytes) -> np.ndarray:
                           for i in range(0, len(records), _KEY_BYTES)], workers=1)
 
 
+def _read_places(directory: str, name: str, first: int, count: int, size: int) -> bytes:
+    """Places ``first`` to ``first + count`` of a file of ``size``-byte records."""
+    with open(Path(directory) / name, "rb") as f:
+        f.seek(first * size)
+        return f.read(count * size)
+
+
 def _hash_slice(directory: str, first: int, count: int) -> None:
     """Pool task: hash the key file's values ``first`` to ``first + count`` and write
     their points at the same places of the point file."""
-    with open(Path(directory) / "keys", "rb") as f:
-        f.seek(first * _KEY_BYTES)
-        keys = f.read(count * _KEY_BYTES)
-    points = _hash_records(keys)
+    points = _hash_records(_read_places(directory, "keys", first, count, _KEY_BYTES))
     with open(Path(directory) / "points", "r+b") as f:
         f.seek(first * 32)
         f.write(points.tobytes())
@@ -333,9 +337,7 @@ class _Hashing:
 
     def points(self, first: int, count: int) -> bytes:
         """The points at places ``first`` to ``first + count``, once hashed."""
-        with open(Path(self.directory) / "points", "rb") as f:
-            f.seek(first * 32)
-            return f.read(count * 32)
+        return _read_places(self.directory, "points", first, count, 32)
 
     def stop(self) -> None:
         """No task runs past this (they write the directory)."""
